@@ -1,0 +1,26 @@
+"""posekit: 3D human pose estimation with TensorFlow/Keras 3."""
+from setuptools import find_packages, setup
+
+setup(
+    name="posekit",
+    version="0.1.0",
+    description=(
+        "MeTRAbs + ACAE multi-format 3D pose estimation, weight-sharing graph convolutions, "
+        "mixed-precision training and massively parallel video networks in TensorFlow/Keras 3"
+    ),
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["posekit", "posekit.*", "experiments", "experiments.*", "tools", "tools.*"]),
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3.0",
+        "numpy",
+        "h5py",
+        "absl-py",
+        "opencv-python-headless",
+    ],
+    extras_require={
+        "test": ["pytest", "scipy", "matplotlib", "nbformat", "nbclient", "ipykernel"],
+        "notebooks": ["matplotlib", "jupyter", "nbformat", "nbclient", "ipykernel"],
+    },
+)
