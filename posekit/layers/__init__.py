@@ -1,2 +1,4 @@
 from posekit.layers.graph_conv import GraphConv
 from posekit.layers.nonlocal_block import GraphNonLocal
+from posekit.layers.ghost_bn import GhostBatchNormalization
+from posekit.layers.acae import AffineCombiningAutoencoder
