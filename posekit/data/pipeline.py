@@ -1,0 +1,558 @@
+"""Per-dataset queues interleaved into fixed-composition tf.data batches.
+
+A training batch holds exactly ``composition[name]`` examples of each dataset, in composition
+order (a contiguous block per dataset), each example carrying ``dataset`` (int32, the dataset's
+index in the composition) and ``position`` (int64, see below).
+
+Every dataset is an *indexable* :class:`ExampleSource` (``len()`` and ``get(indices)``), so the
+order is computed in closed form instead of being drawn from a stateful shuffle buffer:
+
+- dataset ``d`` is repeated epoch after epoch; epoch ``e`` visits its examples in the order
+  ``epoch_permutation(seed, stream_key(d), e, len(d))`` (a numpy PCG64 permutation keyed by the
+  three numbers), so each example appears once per epoch before any repeat;
+- the infinite concatenation of these permutations is the dataset's stream; batch ``k`` takes
+  stream positions ``[k c_d, (k + 1) c_d)`` of dataset ``d`` (``c_d = composition[d]``);
+- augmentation randomness is a hash of ``(seed, stream_key(d), position)``
+  (:func:`posekit.data.augment.uniform_from_keys`), never TF's global random state.
+
+Hence batch ``k`` is a pure function of ``(streams, composition, seed, k)``: the same seed gives
+byte-identical batches in another process, and ``start_step=k`` resumes at batch ``k`` at no cost
+(only batch ``k``'s examples are read; the permutation of one epoch is computed per stream).
+``dataset.skip(k)`` on the returned :class:`ComposedBatches` is the same as ``start_step + k``
+(after further transformations such as ``take`` or ``map``, tf.data's own skip runs the
+pipeline for the skipped batches).
+
+``stream_key(name)`` is the CRC32 of the dataset name, so a dataset's order does not change
+when other datasets are added to or removed from the composition.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+import zlib
+from typing import Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, runtime_checkable
+
+import numpy as np
+import tensorflow as tf
+
+from posekit.data import augment as augment_lib
+
+DATASETS_3D = ('h36m_like', 'mpi_like', 'smpl_like')
+"""Synthetic 3D datasets of posekit.data.synth, in batch order."""
+
+DATASETS_2D = ('coco_like',)
+"""Synthetic 2D-only (weakly supervised) datasets of posekit.data.synth."""
+
+PAPER_BATCH_3D = 96
+PAPER_BATCH_2D = 32
+"""Sárándi et al. (WACV'23), Table S1: each batch has a 3D part of 96 and a 2D part of 32 examples."""
+
+PERMUTATION_CACHE_EPOCHS = 4
+"""Permutations kept per stream (a batch touches at most two epochs unless c_d > len(d))."""
+
+_MAX_STEP = np.iinfo(np.int64).max // 2
+
+
+def make_composition(names_3d: Sequence[str], names_2d: Sequence[str], n_3d: int, n_2d: int) -> Dict[str, int]:
+    """Splits a 3D part of ``n_3d`` and a 2D part of ``n_2d`` examples evenly over the datasets.
+
+    Remainders go to the first datasets of each part. Returns {name: count}, 3D names first.
+    """
+    for value, label in ((n_3d, 'n_3d'), (n_2d, 'n_2d')):
+        if not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f'{label} must be a non-negative int, got {value!r}')
+    if n_3d < len(names_3d) or n_2d < len(names_2d):
+        raise ValueError(f'n_3d={n_3d} and n_2d={n_2d} must give each of the {len(names_3d)} 3D and '
+                         f'{len(names_2d)} 2D datasets at least one example per batch')
+    result = {}
+    for names, total in ((names_3d, n_3d), (names_2d, n_2d)):
+        base, extra = divmod(total, max(len(names), 1))
+        for i, name in enumerate(names):
+            result[name] = base + (1 if i < extra else 0)
+    return result
+
+
+COMPOSITIONS: Dict[str, Dict[str, int]] = {
+    # Table S1 of the paper: 96 3D + 32 2D examples per batch, here over the synthetic datasets.
+    'paper': make_composition(DATASETS_3D, DATASETS_2D, PAPER_BATCH_3D, PAPER_BATCH_2D),
+    # Same 3:1 ratio, a batch size a 2-core CPU can train with.
+    'default': make_composition(DATASETS_3D, DATASETS_2D, 24, 8),
+    # One example of each dataset.
+    'smoke': make_composition(DATASETS_3D, DATASETS_2D, len(DATASETS_3D), len(DATASETS_2D)),
+}
+"""Batch compositions {dataset name: examples per batch} (datasets in batch order)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Sources
+# ----------------------------------------------------------------------------------------------
+
+@runtime_checkable
+class ExampleSource(Protocol):
+    """A finite dataset with random access: what :func:`interleave_by_composition` reads.
+
+    ``get(indices)`` returns a dict of numpy arrays with leading dimension ``len(indices)``, in
+    the order of ``indices`` (which may repeat and need not be sorted), one entry per example
+    field of the data contract (``image`` uint8 [n, S, S, 3], ``intrinsics``, ``coords3d``,
+    ``coords2d``, ``joint_valid``, ``is_3d``, ``example_id``, ...). It must be thread-safe:
+    the pipeline calls it from several threads.
+    """
+
+    def __len__(self) -> int: ...
+
+    def get(self, indices: np.ndarray) -> Dict[str, np.ndarray]: ...
+
+
+class ArraySource:
+    """An :class:`ExampleSource` over in-memory arrays.
+
+    Args:
+      arrays: dict field -> numpy array, all with the same leading length N > 0.
+    """
+
+    def __init__(self, arrays: Mapping[str, np.ndarray]):
+        if not isinstance(arrays, Mapping) or not arrays:
+            raise ValueError(f'arrays must be a non-empty dict of numpy arrays, got {arrays!r:.200}')
+        self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        lengths = {k: (v.shape[0] if v.ndim else None) for k, v in self.arrays.items()}
+        if len(set(lengths.values())) != 1 or None in lengths.values() or 0 in lengths.values():
+            raise ValueError(f'arrays must share one leading length N > 0, got lengths {lengths}')
+        self._length = next(iter(lengths.values()))
+
+    def __len__(self) -> int:
+        return self._length
+
+    def get(self, indices) -> Dict[str, np.ndarray]:
+        indices = np.asarray(indices, np.int64)
+        return {k: v[indices] for k, v in self.arrays.items()}
+
+
+def stream_from_arrays(arrays: Mapping[str, np.ndarray]) -> ArraySource:
+    """An :class:`ExampleSource` over a dict of numpy arrays with leading N (one row per example)."""
+    return ArraySource(arrays)
+
+
+def stream_from_shard(path, in_memory: bool = False) -> ExampleSource:
+    """An :class:`ExampleSource` reading one HDF5 shard written by :mod:`posekit.data.storage`.
+
+    Labels are loaded when opened; images are memory-mapped (read on demand, no decoding) unless
+    ``in_memory``. Raises ``ValueError`` (naming the file) for corrupt or foreign files.
+    """
+    from posekit.data import storage  # h5py and the renderer only when shards are used
+    return storage.open_shard(path, in_memory=in_memory)
+
+
+def stream_from_shards(paths, name: Optional[str] = None, split: Optional[str] = None,
+                       in_memory: bool = False) -> ExampleSource:
+    """One :class:`ExampleSource` over all shards of a dataset split.
+
+    Args:
+      paths: a list of shard paths (e.g. ``storage.ensure_datasets(...)[name][split]``), or the
+        output folder of ``tools/make_datasets.py`` together with ``name`` and ``split``.
+      in_memory: load the images into memory instead of memory-mapping them.
+    """
+    from posekit.data import storage
+    return storage.open_dataset(paths, name=name, split=split, in_memory=in_memory)
+
+
+# ----------------------------------------------------------------------------------------------
+# Closed-form order
+# ----------------------------------------------------------------------------------------------
+
+def stream_key(name: str) -> int:
+    """The stream key of a dataset: CRC32 of its name (stable across processes and versions)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f'dataset name must be a non-empty str, got {name!r}')
+    return zlib.crc32(name.encode('utf-8'))
+
+
+def _check_seed(seed) -> int:
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f'seed must be a non-negative int, got {seed!r}')
+    return int(seed)
+
+
+def epoch_permutation(seed: int, key: int, epoch: int, size: int) -> np.ndarray:
+    """[size] int64 visiting order of epoch ``epoch`` of the stream with key ``key``."""
+    rng = np.random.default_rng([_check_seed(seed), int(key), int(epoch)])
+    return rng.permutation(int(size)).astype(np.int64)
+
+
+class StreamOrder:
+    """The infinite, epoch-wise reshuffled order of one dataset (thread-safe, cached).
+
+    Args:
+      seed: non-negative int.
+      name: dataset name (its :func:`stream_key` seeds the permutations).
+      size: number of examples of the dataset.
+    """
+
+    def __init__(self, seed: int, name: str, size: int):
+        self.seed = _check_seed(seed)
+        self.key = stream_key(name)
+        if not isinstance(size, (int, np.integer)) or size <= 0:
+            raise ValueError(f'size of dataset {name!r} must be a positive int, got {size!r}')
+        self.size = int(size)
+        self._cache: 'collections.OrderedDict[int, np.ndarray]' = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        with self._lock:
+            if epoch in self._cache:
+                self._cache.move_to_end(epoch)
+                return self._cache[epoch]
+        perm = epoch_permutation(self.seed, self.key, epoch, self.size)
+        with self._lock:
+            self._cache[epoch] = perm
+            while len(self._cache) > PERMUTATION_CACHE_EPOCHS:
+                self._cache.popitem(last=False)
+        return perm
+
+    def indices(self, start: int, count: int) -> np.ndarray:
+        """[count] int64 example indices at stream positions [start, start + count)."""
+        positions = np.arange(start, start + count, dtype=np.int64)
+        epochs = positions // self.size
+        offsets = positions % self.size
+        result = np.empty(count, np.int64)
+        for epoch in np.unique(epochs):
+            sel = epochs == epoch
+            result[sel] = self.permutation(int(epoch))[offsets[sel]]
+        return result
+
+
+def _check_composition(composition, streams) -> Tuple[List[str], List[int]]:
+    if not isinstance(composition, Mapping) or not composition:
+        raise ValueError(f'composition must be a non-empty dict name -> count, got {composition!r}')
+    names, counts = [], []
+    for name, count in composition.items():
+        if name not in streams:
+            raise ValueError(f'composition names dataset {name!r}, which is not in streams '
+                             f'{sorted(streams)}')
+        if not isinstance(count, (int, np.integer)) or isinstance(count, bool) or count <= 0:
+            raise ValueError(f'composition[{name!r}] must be a positive int, got {count!r}')
+        names.append(name)
+        counts.append(int(count))
+    return names, counts
+
+
+class CompositionPlan:
+    """Which examples batch ``k`` holds: the closed-form order behind :func:`interleave_by_composition`.
+
+    Args:
+      sizes: dict dataset name -> number of examples.
+      composition: dict dataset name -> examples per batch (batch order).
+      seed: non-negative int.
+    """
+
+    def __init__(self, sizes: Mapping[str, int], composition: Mapping[str, int], seed: int):
+        self.names, self.counts = _check_composition(composition, sizes)
+        self.seed = _check_seed(seed)
+        self.orders = [StreamOrder(seed, name, sizes[name]) for name in self.names]
+        self.keys = [order.key for order in self.orders]
+        self.batch_size = sum(self.counts)
+
+    def batch(self, step: int) -> List[Tuple[np.ndarray, np.ndarray]]:
+        """Per dataset (composition order): (example indices [c_d], stream positions [c_d]) of batch ``step``."""
+        if step < 0:
+            raise ValueError(f'step must be >= 0, got {step}')
+        result = []
+        for order, count in zip(self.orders, self.counts):
+            start = int(step) * count
+            result.append((order.indices(start, count), np.arange(start, start + count, dtype=np.int64)))
+        return result
+
+
+# ----------------------------------------------------------------------------------------------
+# tf.data
+# ----------------------------------------------------------------------------------------------
+
+def _field_spec(name, source, keep_dataset: bool = False) -> Dict[str, Tuple[Tuple[int, ...], np.dtype]]:
+    if not isinstance(source, ExampleSource):
+        raise ValueError(f'stream {name!r} must be an ExampleSource (len() and get(indices)), got '
+                         f'{type(source).__name__}; wrap arrays with stream_from_arrays and shards with '
+                         f'stream_from_shard(s) (a tf.data.Dataset has no random access)')
+    if len(source) <= 0:
+        raise ValueError(f'stream {name!r} must not be empty, got len {len(source)}')
+    sample = source.get(np.zeros(1, np.int64))
+    spec = {}
+    for field, value in sample.items():
+        value = np.asarray(value)
+        if value.dtype.kind in 'OSU':
+            continue  # strings (e.g. dataset_name) are metadata; the `dataset` index names the dataset
+        spec[field] = (value.shape[1:], value.dtype)
+    if not keep_dataset:
+        spec.pop('dataset', None)
+    spec.pop('position', None)
+    return spec
+
+
+def _common_spec(streams: Mapping[str, ExampleSource], names: Sequence[str]):
+    specs = {name: _field_spec(name, streams[name]) for name in names}
+    reference_name = names[0]
+    reference = specs[reference_name]
+    for name in names[1:]:
+        if specs[name] != reference:
+            raise ValueError(f'stream {name!r} has fields {_describe(specs[name])}, but stream '
+                             f'{reference_name!r} has {_describe(reference)}; all streams must agree')
+    spec = dict(reference)
+    spec['example_id'] = spec.get('example_id', ((), np.dtype(np.int64)))
+    spec['dataset'] = ((), np.dtype(np.int32))
+    spec['position'] = ((), np.dtype(np.int64))
+    return dict(sorted(spec.items()))
+
+
+def _describe(spec):
+    return {k: (tuple(s), str(d)) for k, (s, d) in sorted(spec.items())}
+
+
+def _gather(source, indices, out, start, overrides):
+    """Reads ``source.get(indices)`` into rows [start, start + len) of ``out``; ``overrides``
+    gives values for fields computed by the pipeline; a missing example_id becomes the index."""
+    count = len(indices)
+    examples = source.get(indices)
+    for field, array in out.items():
+        if field in overrides:
+            array[start:start + count] = overrides[field]
+        elif field == 'example_id' and 'example_id' not in examples:
+            array[start:start + count] = indices
+        else:
+            array[start:start + count] = examples[field]
+
+
+def _allocate(spec, size):
+    return {field: np.empty((size,) + tuple(shape), dtype) for field, (shape, dtype) in spec.items()}
+
+
+def _to_tensors(arrays_fn, index, spec, batch_dim):
+    fields = list(spec)
+    values = tf.numpy_function(lambda i: _ordered(arrays_fn(i), fields), [index],
+                               [tf.as_dtype(spec[f][1]) for f in fields], stateful=False)
+    result = {}
+    for field, value in zip(fields, values):
+        value.set_shape((batch_dim,) + tuple(spec[field][0]))
+        result[field] = value
+    return result
+
+
+def _ordered(arrays, fields):
+    return [arrays[f] for f in fields]
+
+
+def _mask_to_own_format(batch):
+    valid = tf.cast(batch['joint_valid'], tf.bool)
+    for field in ('coords3d', 'coords2d'):
+        if field in batch:
+            batch[field] = tf.where(valid[..., None], batch[field], tf.zeros_like(batch[field]))
+    return batch
+
+
+def interleave_by_composition(streams: Mapping[str, ExampleSource], composition: Mapping[str, int], seed: int,
+                              start_step: int = 0, augment: Optional[augment_lib.AugmentConfig] = None,
+                              mirror: Optional[Sequence[int]] = None, mask_to_own_format: bool = False,
+                              num_parallel_calls: int = tf.data.AUTOTUNE,
+                              prefetch: int = tf.data.AUTOTUNE) -> 'ComposedBatches':
+    """Infinite fixed-composition training batches (see the module docstring for the order).
+
+    Args:
+      streams: dict dataset name -> :class:`ExampleSource` (:func:`stream_from_arrays`,
+        :func:`stream_from_shard`, :func:`stream_from_shards`); all must have the same fields, per-example shapes and dtypes.
+        Streams missing from ``composition`` are ignored.
+      composition: dict dataset name -> examples per batch; its order is the order of the blocks
+        in each batch and defines the ``dataset`` index.
+      seed: non-negative int; determines order and augmentation.
+      start_step: index of the first batch produced (resume); costs nothing to skip.
+      augment: None (no augmentation) or an :class:`~posekit.data.augment.AugmentConfig`.
+      mirror: the joint space's mirror permutation (``JointSpace(formats).mirror``), needed when
+        ``augment`` may flip.
+      mask_to_own_format: zero ``coords3d``/``coords2d`` of joints outside ``joint_valid``
+        (after augmentation).
+      num_parallel_calls: batches read and augmented in parallel (order stays deterministic).
+      prefetch: batches prefetched (``tf.data.AUTOTUNE`` or an int; 0 disables).
+
+    Returns:
+      :class:`ComposedBatches` (a tf.data.Dataset whose ``skip(k)`` is free) of dicts with
+      leading dimension B = sum(composition.values()): the streams' fields (``image`` uint8 [B, S', S', 3], ``intrinsics`` [B, 3, 3] px, ``coords3d``
+      [B, J, 3] mm camera frame, ``coords2d`` [B, J, 2] px, ``joint_valid`` [B, J], ``is_3d`` [B],
+      ``example_id`` [B] int64), plus ``dataset`` [B] int32 (index in ``composition``) and
+      ``position`` [B] int64 (position in the dataset's stream: epoch = position // len).
+    """
+    names, counts = _check_composition(composition, streams)
+    if not isinstance(start_step, (int, np.integer)) or start_step < 0 or start_step > _MAX_STEP:
+        raise ValueError(f'start_step must be an int in [0, {_MAX_STEP}], got {start_step!r}')
+    if augment is not None and not isinstance(augment, augment_lib.AugmentConfig):
+        raise ValueError(f'augment must be None or an AugmentConfig, got {type(augment).__name__}')
+    spec = _common_spec(streams, names)
+    if augment is not None:
+        missing = {'image', 'intrinsics', 'coords3d', 'coords2d'} - set(spec)
+        if missing:
+            raise ValueError(f'augment needs the fields {sorted(missing)}, missing from the streams')
+        n_joints = spec['coords3d'][0][0]
+        if mirror is None:
+            if augment.flip_probability > 0:
+                raise ValueError('mirror must be given when augment.flip_probability > 0, got None')
+            mirror = list(range(n_joints))
+        mirror = augment_lib.check_mirror(mirror, n_joints)
+    if mask_to_own_format and 'joint_valid' not in spec:
+        raise ValueError('mask_to_own_format=True needs a joint_valid field in the streams')
+    plan = CompositionPlan({name: len(streams[name]) for name in names}, composition, seed)
+    sources = [streams[name] for name in names]
+    batch_size = plan.batch_size
+
+    def load(step):
+        out = _allocate(spec, batch_size)
+        start = 0
+        for d, (source, (indices, positions)) in enumerate(zip(sources, plan.batch(int(step)))):
+            _gather(source, indices, out, start, {'dataset': d, 'position': positions})
+            start += len(indices)
+        return out
+
+    keys_table = tf.constant(np.array(plan.keys, np.int64))
+
+    def make_batch(step):
+        batch = _to_tensors(load, step, spec, batch_size)
+        if augment is not None:
+            keys = tf.stack([tf.fill([batch_size], tf.constant(plan.seed, tf.int64)),
+                             tf.gather(keys_table, batch['dataset']), batch['position']], axis=-1)
+            batch = augment_lib.augment_batch(batch, keys, augment, mirror)
+        if mask_to_own_format:
+            batch = _mask_to_own_format(batch)
+        return batch
+
+    def build(first_step):
+        dataset = tf.data.Dataset.counter(start=int(first_step), dtype=tf.int64)
+        dataset = dataset.map(make_batch, num_parallel_calls=num_parallel_calls, deterministic=True)
+        if prefetch:
+            dataset = dataset.prefetch(prefetch)
+        options = tf.data.Options()
+        options.deterministic = True
+        return dataset.with_options(options)
+
+    return ComposedBatches(build, int(start_step), names, batch_size)
+
+
+class ComposedBatches(tf.data.Dataset):
+    """The tf.data.Dataset of :func:`interleave_by_composition`; ``skip(k)`` is free.
+
+    ``skip`` with a Python int returns the same pipeline started ``k`` batches later (nothing is
+    read or decoded for the skipped batches); everything else is plain tf.data.
+
+    Attributes:
+      start_step: index of the first batch; names: dataset names by ``dataset`` index;
+      batch_size: examples per batch.
+    """
+
+    def __init__(self, build, start_step: int, names: Sequence[str], batch_size: int):
+        self._build = build
+        self.start_step = start_step
+        self.names = tuple(names)
+        self.batch_size = batch_size
+        self._dataset = build(start_step)
+        super().__init__(self._dataset._variant_tensor)  # pylint: disable=protected-access
+
+    @property
+    def element_spec(self):
+        return self._dataset.element_spec
+
+    def _inputs(self):
+        return [self._dataset]
+
+    def skip(self, count, name=None):
+        if isinstance(count, (int, np.integer)) and not isinstance(count, bool) and count >= 0:
+            return ComposedBatches(self._build, self.start_step + int(count), self.names, self.batch_size)
+        return super().skip(count, name=name)
+
+
+def eval_batches(source: ExampleSource, batch_size: int, dataset_index: Optional[int] = None,
+                 num_parallel_calls: int = tf.data.AUTOTUNE, prefetch: int = tf.data.AUTOTUNE) -> tf.data.Dataset:
+    """Sequential evaluation batches: no shuffling, no augmentation, all formats' ground truth.
+
+    Args:
+      source: an :class:`ExampleSource`.
+      batch_size: examples per batch; the last batch holds the remainder.
+      dataset_index: if given, the ``dataset`` field (int32) is set to this value; otherwise the
+        source's own ``dataset`` field (if any) is kept.
+      num_parallel_calls, prefetch: as in :func:`interleave_by_composition`.
+
+    Returns:
+      tf.data.Dataset of dicts (the source's fields, leading dimension <= batch_size) covering
+      examples 0 .. len(source) - 1 once, in order; ``example_id`` is the index if the source
+      has none.
+    """
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size <= 0:
+        raise ValueError(f'batch_size must be a positive int, got {batch_size!r}')
+    spec = _field_spec('source', source, keep_dataset=dataset_index is None)
+    spec.setdefault('example_id', ((), np.dtype(np.int64)))
+    if dataset_index is not None:
+        spec['dataset'] = ((), np.dtype(np.int32))
+    spec = dict(sorted(spec.items()))
+    size = len(source)
+    n_batches = -(-size // batch_size)
+
+    def load(k):
+        indices = np.arange(int(k) * batch_size, min(size, (int(k) + 1) * batch_size), dtype=np.int64)
+        out = _allocate(spec, len(indices))
+        _gather(source, indices, out, 0, {} if dataset_index is None else {'dataset': dataset_index})
+        return out
+
+    dataset = tf.data.Dataset.range(n_batches)
+    dataset = dataset.map(lambda k: _to_tensors(load, k, spec, None),
+                          num_parallel_calls=num_parallel_calls, deterministic=True)
+    if prefetch:
+        dataset = dataset.prefetch(prefetch)
+    return dataset
+
+
+# ----------------------------------------------------------------------------------------------
+# Stand-in data
+# ----------------------------------------------------------------------------------------------
+
+SYNTHETIC_DEPTH_RANGE_MM = (3000.0, 6000.0)
+SYNTHETIC_SPREAD_MM = 350.0
+SYNTHETIC_PERSON_HEIGHT_MM = 2000.0
+
+
+def synthetic_arrays(n: int, side: int, joint_valid, seed: int = 0, is_3d: bool = True) -> Dict[str, np.ndarray]:
+    """Random examples that follow the data contract, for tests and benchmarks (not for training).
+
+    Joints are Gaussian blobs (``SYNTHETIC_SPREAD_MM``) around a point at a depth in
+    ``SYNTHETIC_DEPTH_RANGE_MM`` on the optical axis, the focal length makes
+    ``SYNTHETIC_PERSON_HEIGHT_MM`` fill the crop, ``coords2d`` is their exact projection and the
+    image is random noise. Use :mod:`posekit.data.synth` for real training data.
+
+    Args:
+      n: number of examples; side: crop side (px); joint_valid: [J] bool, the labelled joints
+        (J_all = len(joint_valid)); seed: int; is_3d: the label kind.
+
+    Returns:
+      dict of numpy arrays with leading n: ``image`` uint8 [n, side, side, 3], ``intrinsics``
+      float32 [n, 3, 3], ``coords3d`` float32 [n, J, 3] mm, ``coords2d`` float32 [n, J, 2] px,
+      ``joint_valid`` bool [n, J], ``is_3d`` bool [n], ``example_id`` int64 [n].
+    """
+    for value, label in ((n, 'n'), (side, 'side')):
+        if not isinstance(value, (int, np.integer)) or value <= 0:
+            raise ValueError(f'{label} must be a positive int, got {value!r}')
+    valid = np.asarray(joint_valid, bool)
+    if valid.ndim != 1 or valid.size == 0:
+        raise ValueError(f'joint_valid must be a non-empty [J] bool vector, got shape {valid.shape}')
+    rng = np.random.default_rng(_check_seed(seed))
+    n_joints = valid.size
+    depth = rng.uniform(*SYNTHETIC_DEPTH_RANGE_MM, size=(n, 1))
+    coords3d = rng.normal(0.0, SYNTHETIC_SPREAD_MM, (n, n_joints, 3))
+    coords3d[..., 2] += depth
+    focal = side * depth[:, 0] / SYNTHETIC_PERSON_HEIGHT_MM
+    centre = (side - 1) / 2.0
+    intrinsics = np.zeros((n, 3, 3))
+    intrinsics[:, 0, 0] = intrinsics[:, 1, 1] = focal
+    intrinsics[:, :2, 2] = centre
+    intrinsics[:, 2, 2] = 1.0
+    coords2d = coords3d[..., :2] / coords3d[..., 2:] * focal[:, None, None] + centre
+    return dict(
+        image=rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8),
+        intrinsics=intrinsics.astype(np.float32),
+        coords3d=coords3d.astype(np.float32),
+        coords2d=coords2d.astype(np.float32),
+        joint_valid=np.broadcast_to(valid, (n, n_joints)).copy(),
+        is_3d=np.full(n, bool(is_3d)),
+        example_id=np.arange(n, dtype=np.int64),
+    )
