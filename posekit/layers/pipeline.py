@@ -309,11 +309,23 @@ class PipelinedNetwork(keras.Model):
     @property
     def latency(self):
         """Frames between an input and the output that first sees it: parallel links on the longest path."""
+        return self.unit_latencies()[-1]
+
+    def unit_latencies(self):
+        """Per unit (list, unit order): parallel links on the longest path from the frame to its output, i.e.
+        the output of unit i at step t was computed from frame t - unit_latencies()[i] (without clocks)."""
         delay = []
         for i, srcs in enumerate(self.sources):
             delay.append(max((0 if j == FRAME_SOURCE else delay[j]) + int(self._is_parallel(j, i))
                              for j in srcs))
-        return delay[-1]
+        return delay
+
+    def output_state_key(self, unit_name):
+        """Name of the state entry holding the last output of the unit called unit_name."""
+        names = [u.name for u in self.pipeline_units]
+        if unit_name not in names:
+            raise ValueError(f'unit_name must be one of {names}; received unit_name={unit_name!r}')
+        return self._key(names.index(unit_name), _OUT)
 
     @property
     def max_rate(self):

@@ -1,0 +1,87 @@
+"""Tests of experiments.parallel_video: the configuration plan, and one end-to-end smoke run (results.json)."""
+import json
+import math
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from experiments import common
+from experiments import parallel_video as pv
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+SMOKE_TIMEOUT_S = 900
+PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+
+
+def test_quick_plan_has_every_configuration_of_the_issue():
+    specs = pv.plan(pv.PRESETS['quick'])
+    keys = {(s.family, s.subnets, s.clocks, s.temporal, s.feedback, s.distilled) for s in specs}
+    for clocks in (False, True):
+        for k in (1, 2, 4, 7, 14):
+            assert ('densenet', k, clocks, False, False, False) in keys
+        for k in (1, 5, 10):
+            assert ('inception', k, clocks, False, False, False) in keys
+    assert ('densenet', 4, False, True, False, False) in keys  # temporal filters
+    assert ('densenet', 4, False, False, True, False) in keys  # feedback
+    assert ('densenet', 4, False, False, False, True) in keys  # distillation
+    assert len(keys) == len(specs)
+    first = {}
+    for s in specs:
+        first.setdefault(s.family, s)
+    assert all(s.is_sequential for s in first.values())  # each family starts with its teacher
+
+
+def test_plan_and_overrides_reject_bad_settings():
+    with pytest.raises(ValueError, match="families must be among .*received 'resnet'"):
+        pv.plan(pv.Config(families=('resnet',)))
+    with pytest.raises(ValueError, match='must include 1'):
+        pv.plan(pv.Config(densenet_subnets=(2, 4)))
+    with pytest.raises(ValueError, match='distilled students must be parallel'):
+        pv.plan(pv.Config(distill_densenet_subnets=(1,)))
+    with pytest.raises(ValueError, match="unknown config key 'nope'"):
+        common.apply_overrides(pv.PRESETS['smoke'], ['nope=1'])
+    assert common.apply_overrides(pv.PRESETS['smoke'], ['densenet_subnets=1,2']).densenet_subnets == (1, 2)
+
+
+@pytest.fixture(scope='module')
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp('parallel_video') / 'smoke'
+    command = [sys.executable, '-m', 'experiments.parallel_video', '--preset=smoke', f'--out={out}',
+               '--mocap-dir=procedural', '--seed=1']
+    process = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S)
+    assert process.returncode == 0, process.stderr[-4000:]
+    return out, json.loads((out / 'results.json').read_text())
+
+
+def test_smoke_writes_a_record_per_configuration_with_exact_counts(smoke):
+    out, results = smoke
+    config = pv.PRESETS['smoke']
+    models = [r for r in results['records'] if r['kind'] == 'model']
+    assert [r['model'] for r in models] == [s.name for s in pv.plan(config)]
+    for r in models:
+        assert r['unit_executions_per_16_frames'] == r['analytic_unit_executions_per_16_frames']
+        assert r['miniblock_executions_per_16_frames'] == r['analytic_miniblock_executions_per_16_frames']
+        assert math.isclose(r['measured_flops_per_frame'], r['flops_per_frame'], rel_tol=1e-9)
+        for key in ('test_loss', 'train_loss', 'pck', 'frames_per_s', 'speedup_vs_sequential_no_clocks',
+                    'distance_to_teacher'):
+            assert math.isfinite(r[key]), (r['model'], key)
+        assert r['params'] > 0 and r['frames_per_s'] > 0 and len(r['ms_per_frame_rounds']) == config.timing_rounds
+        assert r['latency'] == (r['subnets'] - 1 if not r['temporal'] else r['latency'])
+        assert r['sequential_depth_per_frame'] >= 1
+    by = {(r['subnets'], r['clocks'], r['distilled']): r for r in models}
+    for k in config.densenet_subnets:
+        plain, clocked = by[(k, False, False)], by[(k, True, False)]
+        assert clocked['unit_executions_per_16_frames'] < plain['unit_executions_per_16_frames']
+        assert clocked['flops_per_frame'] < plain['flops_per_frame']
+        assert plain['flops_per_frame'] == by[(1, False, False)]['flops_per_frame']
+    assert by[(1, False, False)]['speedup_vs_sequential_no_clocks'] == 1.0
+    assert by[(4, False, True)]['distill_units'] and by[(4, False, True)]['distill_weight'] == config.distill_weight
+    baselines = [r for r in results['records'] if r['kind'] == 'baseline']
+    assert [b['model_family'] for b in baselines] == list(config.families)
+    assert all(math.isfinite(b['test_loss']) for b in baselines)
+    report = (out / 'results.md').read_text()
+    assert 'densenet_s4_clocks' in report and 'Notes' in report and 'sequential depth per frame' in report
+    assert (out / 'loss_vs_speed.png').read_bytes()[:8] == PNG_MAGIC
+    assert results['context']['checks']

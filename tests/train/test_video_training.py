@@ -1,0 +1,168 @@
+"""Tests of posekit.train.video: the while-loop unroll, the BPTT loss, distillation wiring and evaluation."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from posekit.layers import pipeline
+from posekit.models.par_densenet import ParDenseNet
+from posekit.train import loop
+from posekit.train import video as tv
+
+SIZE = 32  # px
+TINY = dict(width=0.125, block_sizes=(1, 1, 1, 1), miniblocks_per_unit=1)  # 5 units + head
+
+
+def tiny(**kwargs):
+    keras.utils.set_random_seed(0)
+    network = ParDenseNet(**TINY, **kwargs)
+    network.build((None, None, None, 3))
+    return network
+
+
+def clip(batch=2, steps=6, seed=0):
+    return tf.random.stateless_uniform((batch, steps, SIZE, SIZE, 3), seed=[seed, 1])
+
+
+def test_scan_unroll_matches_python_unroll_eagerly_and_compiled():
+    network = tiny(num_subnets=3, clocks=True, temporal_filters=True, feedback=True)
+    frames = clip()
+    expected = network.unroll(frames, capture=['block2_unit0', 'block4_unit0'])
+    for fn in (lambda f: tv.scan_unroll(network, f, capture=['block2_unit0', 'block4_unit0']),
+               tf.function(lambda f: tv.scan_unroll(network, f, capture=['block2_unit0', 'block4_unit0']))):
+        got = fn(frames)
+        np.testing.assert_allclose(got['heatmaps'], expected['heatmaps'], atol=1e-5)
+        for name in ('block2_unit0', 'block4_unit0'):
+            np.testing.assert_allclose(got['activations'][name], expected['activations'][name], atol=1e-5)
+        assert int(got['states']['t']) == 6
+
+
+def test_bptt_loss_is_the_latency_aligned_weighted_cross_entropy_and_reaches_the_stem():
+    network = tiny(num_subnets=4)
+    assert network.latency == 3
+    frames = clip(steps=5)
+    targets = tf.random.stateless_uniform((2, 5, SIZE // 4, SIZE // 4, 17), seed=[2, 3])
+    loss_fn = tv.make_bptt_loss(network.latency)
+    with tf.GradientTape() as tape:
+        loss, metrics = loss_fn(network, {'frames': frames, 'heatmaps': targets}, tf.constant(0, tf.int64), True)
+    logits = network.unroll(frames, training=True)['heatmaps']
+    expected = pipeline.latency_heatmap_loss(logits, targets, 3)
+    np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
+    np.testing.assert_allclose(float(metrics['task_loss']), float(expected), rtol=1e-5)
+    stem_kernel = network.pipeline_units[0].conv.kernel
+    grad = tape.gradient(loss, stem_kernel)  # the stem's output reaches the head 3 steps later (through time)
+    assert grad is not None and float(tf.reduce_max(tf.abs(grad))) > 0
+    # first_supervised_step drops the earlier outputs.
+    later = tv.make_bptt_loss(3, first_supervised_step=4)(network, {'frames': frames, 'heatmaps': targets}, 0,
+                                                          True)[0]
+    logits = network.unroll(frames, training=True)['heatmaps']
+    np.testing.assert_allclose(float(later), float(pipeline.heatmap_loss(logits[:, 4:], targets[:, 1:2])), rtol=1e-5)
+
+
+def test_distillation_schedule_follows_clocks_and_delays():
+    network = tiny(num_subnets=5, clocks=True)  # one unit per subnetwork: delays 0, 1, 2, 3, 4
+    assert network.unit_latencies()[:5] == [0, 1, 2, 3, 4] and network.rates[:5] == [1, 2, 4, 8, 16]
+    schedule = tv.distillation_schedule(network, ['block1_unit0', 'block2_unit0'], n_steps=10, first_step=1)
+    assert schedule['block1_unit0'] == ([2, 4, 6, 8], [1, 3, 5, 7])  # executes at even steps, sees frame t - 1
+    assert schedule['block2_unit0'] == ([4, 8], [2, 6])
+    assert tv.default_distill_units(network) == ['block1_unit0', 'block2_unit0', 'block4_unit0']
+
+
+def test_distillation_vanishes_for_a_student_with_the_teachers_weights_on_a_still_video():
+    teacher = tiny()
+    student = tiny(num_subnets=5)
+    assert tv.init_from_teacher(student, teacher) == len(student.weights)
+    still = tf.tile(clip(steps=1), [1, 8, 1, 1, 1])  # the same frame 8 times: delays do not matter
+    units = tv.default_distill_units(student)
+    acts = tv.scan_unroll(student, still, capture=units)['activations']
+    first = 5  # after the pipeline has filled (largest delay 4)
+    late = {k: v[:, first:] for k, v in acts.items()}
+    assert float(tv.distillation_term(student, teacher, still, late, units, 1.0, first)) < 1e-8
+    other = tiny(num_subnets=5)
+    for v in other.trainable_weights:
+        v.assign(v * 1.5 + 0.01)
+    acts = tv.scan_unroll(other, still, capture=units)['activations']
+    assert float(tv.distillation_term(other, teacher, still, {k: v[:, first:] for k, v in acts.items()}, units,
+                                      1.0, first)) > 1e-3
+
+
+def test_training_with_distillation_through_the_loop_keeps_the_teacher_frozen():
+    teacher = tiny()
+    student = tiny(num_subnets=2)
+    tv.init_from_teacher(student, teacher)
+    before = [w.numpy().copy() for w in teacher.weights]
+    units = tv.default_distill_units(student)
+    loss_fn = tv.make_bptt_loss(student.latency, teacher=teacher, distill_units=units, distill_weight=0.5)
+    frames = clip(steps=3)
+    batch = {'frames': frames, 'heatmaps': tf.random.stateless_uniform((2, 3, 8, 8, 17), seed=[4, 4])}
+    result = loop.train(student, loss_fn, lambda start: [batch] * (3 - start), keras.optimizers.Adam(1e-3),
+                        loop.TrainConfig(total_steps=3, log_every=1, progress=False, precision='float32'))
+    history = result.history
+    assert len(history['distill_loss']) == 3 and all(np.isfinite(history['loss']))
+    np.testing.assert_allclose(history['loss'], np.add(history['task_loss'], history['distill_loss']), rtol=1e-5)
+    for w, b in zip(teacher.weights, before):
+        np.testing.assert_array_equal(w.numpy(), b)
+    assert any(not np.array_equal(s.numpy(), t) for s, t in zip(student.trainable_weights, before))
+
+
+def test_init_from_teacher_checks_shapes():
+    teacher, temporal = tiny(), tiny(temporal_filters=True)
+    with pytest.raises(ValueError, match='weights differ in shape'):
+        tv.init_from_teacher(temporal, teacher)
+    copied = tv.init_from_teacher(temporal, teacher, partial=True)
+    assert 0 < copied < len(temporal.weights)
+
+
+def test_heatmap_argmax_pck_and_mean_baseline():
+    stride = 4
+    coords = np.array([[[5.5, 9.5], [21.5, 1.5]]], np.float32)  # cell centres: (1, 2) and (5, 0)
+    heat = pipeline_heatmaps(coords, stride)
+    np.testing.assert_allclose(tv.heatmap_argmax(np.log(heat + 1e-6), stride), coords, atol=1e-5)
+    off = coords + np.array([1.0, 0.0], np.float32)  # a quarter cell to the right
+    np.testing.assert_allclose(tv.heatmap_argmax(np.log(pipeline_heatmaps(off, stride) + 1e-6), stride)[..., 0],
+                               off[..., 0], atol=1e-5)
+    assert tv.pck(coords + [[[3.0, 0.0], [0.0, 5.0]]], coords, np.array([[True, True]]), 4.0) == 0.5
+    maps = np.stack([pipeline_heatmaps(coords, stride)[0], np.zeros_like(heat[0])])
+    logits = tv.mean_heatmap_logits(maps)
+    np.testing.assert_allclose(1 / (1 + np.exp(-logits)), np.clip(maps.mean(0), 1e-4, 1 - 1e-4), rtol=1e-4)
+
+
+def pipeline_heatmaps(coords, stride):
+    from posekit.data.synth import keypoint_heatmaps
+    return keypoint_heatmaps(coords, np.ones(coords.shape[:-1], bool), 8 * stride, 8 * stride, stride=stride,
+                             sigma=1.5)
+
+
+def test_evaluate_stream_scores_aligned_steps():
+    network = tiny(num_subnets=2)
+    frames = clip(batch=1, steps=5).numpy()
+    coords = np.full((1, 5, 17, 2), 15.5, np.float32)
+    valid = np.ones((1, 5, 17), bool)
+    from posekit.data.synth import keypoint_heatmaps
+    heat = keypoint_heatmaps(coords, valid, SIZE, SIZE, stride=4, sigma=2.0)
+    batch = {'frames': frames, 'heatmaps': heat, 'coords2d': coords, 'joint_valid': valid}
+    result = tv.evaluate_stream(network, [batch], network.latency, 3, stride=4)
+    logits = network.unroll(tf.constant(frames))['heatmaps']
+    expected = pipeline.heatmap_loss(logits[:, 3:], heat[:, 2:4])
+    np.testing.assert_allclose(result['test_loss'], float(expected), rtol=1e-5)
+    assert result['scored_steps'] == 2
+    constant = tv.evaluate_stream(None, [batch], 0, 3, stride=4, constant_logits=np.log(heat[0, 0] + 1e-6))
+    assert constant['pck'] == 1.0  # the constant map peaks at the (static) keypoints
+
+
+def test_invalid_arguments():
+    network = tiny(num_subnets=2)
+    with pytest.raises(ValueError, match='latency must be an int >= 0; received latency=-1'):
+        tv.make_bptt_loss(-1)
+    with pytest.raises(ValueError, match='distill_units must name the matched units'):
+        tv.make_bptt_loss(1, teacher=tiny())
+    with pytest.raises(ValueError, match='the teacher must be sequential'):
+        tv.check_teacher(network, tiny())
+    with pytest.raises(ValueError, match='no supervised step'):
+        tv.supervised_slices(3, latency=3)
+    with pytest.raises(ValueError, match='m must be an int in \\[1, 4\\]; received m=5'):
+        tv.default_distill_units(network, 5)
+    with pytest.raises(ValueError, match='units must name units of the network'):
+        tv.distillation_schedule(network, ['nope'], 4)
+    with pytest.raises(ValueError, match='static N'):
+        tv.scan_unroll(network, tf.zeros((1, SIZE, SIZE, 3)))
