@@ -1,0 +1,623 @@
+"""Weight sharing in graph networks for 2D-to-3D pose lifting (Liu et al., ECCV 2020), Tables 2-4.
+
+    python -m experiments.gcn_weight_sharing --preset=quick --out runs/gcn_ws \\
+        [--mocap-dir ../shared/data/cmu_mocap] [--test-mocap-dir ../shared/data/cmu_mocap_test] \\
+        [--seeds 0,1,2] [--dataset cmu|h36m --data-dir DIR [--h36m-cameras cams.json]] \\
+        [--set key=value ...]
+
+Trains residual GCN lifters (``posekit.models.lifting``, Fig. 5) that differ only in how the
+graph convolutions share weights, under the paper's controlled settings:
+
+* Table 2: decoupling off/on for full, pre_agg and post_agg sharing, at the same channel count
+  (``2_same_channels``) and at matched parameter count (``2_matched_params``: the non-decoupled
+  variant is widened with ``channels_for_budget`` to the decoupled one's size);
+* Table 3: the 8 variants at 128 channels;
+* Table 4: the variants at parameter budgets of about 4.2M, 2.1M and 1.05M.
+
+Data: ``--dataset cmu`` makes lifting sets from motion capture (:mod:`posekit.data.lifting`:
+subject-wise train/val split of ``--mocap-dir``; test = all of ``--test-mocap-dir``; procedural
+motion when there is no motion folder); ``--dataset h36m`` reads Human3.6M in the common npz layout
+from ``--data-dir`` (:mod:`posekit.data.h36m`, S1 S5 S6 S7 S8 / S9 S11). Training goes through the
+shared loop (:func:`posekit.train.loop.train`): Adam, lr 1e-3 with exponential decay, MSE on
+root-relative 3D in metres (the model predicts metres; metrics are in mm), optional gradient-norm
+clipping as SemGCN. Validation curves come from the val split (training subjects held out); the
+final model of each run is evaluated on val and, once at the end, on the external test set, which
+never influences any choice.
+
+Outputs in ``--out``: ``results.json`` (a list of records: table, variant, sharing, decouple,
+channels, params, seed, mpjpe, pa_mpjpe (test, or val when there is no test set), val_mpjpe,
+val_pa_mpjpe, train_loss, steps_per_s, test_set, ...; plus a ``mean_pose`` baseline record per
+seed), ``results.md`` (the tables in the paper's layout, the paper's numbers beside ours, and the
+findings checked), ``curves.png`` (training and validation MPJPE), and ``runs/<run>/`` (per-run
+record and, with ``checkpoint=True``, checkpoints; finished runs are skipped when the command is
+repeated).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from absl import app, flags
+
+import numpy as np
+
+from experiments import common
+
+PRESET_NAMES = ('smoke', 'quick', 'paper')
+TABLES = ('2', '3', '4')
+LOSSES = ('mse', 'mpjpe')
+DATASETS = ('cmu', 'h36m')
+DECOUPLING_PAIRS = (('full', 'full_dec'), ('pre_agg', 'pre_agg_dec'), ('post_agg', 'post_agg_dec'))
+MM_PER_M = 1000.0
+"""The model predicts metres; targets and metrics are mm."""
+EVAL_BATCH = 2048
+BASELINE_VARIANT = 'mean_pose'
+# Paper numbers: Liu et al. 2020, MPJPE (mm) on Human3.6M with ground-truth 2D input, 128 channels
+# (Table 3). Only the values stated in this project's issue are filled in; the others are left
+# blank rather than guessed.
+PAPER_TABLE3_MPJPE_MM = {'full': 53.5, 'pre_agg_dec': 37.8}
+TABLE_NAMES = {'2_same_channels': 'Table 2 (same channels)',
+               '2_matched_params': 'Table 2 (matched parameters)', '3': 'Table 3', '4': 'Table 4'}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Experiment settings (frozen; unknown keys are errors in ``--set``).
+
+    Attributes:
+      tables: which tables to train ('2', '3', '4').
+      variants: variants (keys of ``SHARING_VARIANTS``) of Tables 3 and 4.
+      channels: channels of Tables 2 and 3 (128 in the paper).
+      budgets: parameter budgets of Table 4.
+      n_blocks, normalization, non_local, dropout: lifter architecture (all variants).
+      steps, batch_size: training length.
+      lr, lr_decay_rate, lr_decay_steps, lr_staircase: Adam learning rate ``lr * rate^(s / steps)``
+        (``lr_decay_steps`` 0 = the run's length).
+      weight_decay: > 0 uses AdamW.
+      loss: 'mse' (the paper's, on metres) or 'mpjpe'.
+      clip_norm: global gradient-norm clipping (SemGCN: 1), or None.
+      precision, jit_compile: passed to the training loop.
+      eval_every: steps between validation points of the curves.
+      val_curve_examples: val examples (evenly spread) used for the curves; the final val metrics
+        use all.
+      log_every: training-loop logging.
+      checkpoint, checkpoint_every: keep resumable checkpoints (and TensorBoard logs) in each run's
+        folder (worth it for long runs; a repeated command always skips finished runs).
+      joints: 'h36m_17' or 'h36m_16'.
+      fps, n_random_cameras, max_frames_per_clip, procedural_subjects, procedural_clips,
+        procedural_seconds: lifting sets from motion (``LiftingSpec``).
+      data_seed: seed of the val-subject choice and the random cameras (fixed across training seeds).
+      h36m_keypoints, h36m_frame_step, h36m_test_frame_step, h36m_val_subjects: Human3.6M data.
+    """
+
+    tables: Tuple[str, ...] = ('2', '3')
+    variants: Tuple[str, ...] = ('full', 'full_dec', 'conv_style', 'pre_agg', 'pre_agg_dec',
+                                 'post_agg', 'post_agg_dec', 'no_sharing')
+    channels: int = 128
+    budgets: Tuple[int, ...] = (4_200_000, 2_100_000, 1_050_000)
+    n_blocks: int = 4
+    normalization: str = 'symmetric'
+    non_local: bool = False
+    dropout: float = 0.0
+    steps: int = 600
+    batch_size: int = 256
+    lr: float = 1e-3
+    lr_decay_rate: float = 0.1
+    lr_decay_steps: int = 0
+    lr_staircase: bool = False
+    weight_decay: float = 0.0
+    loss: str = 'mse'
+    clip_norm: Optional[float] = None
+    precision: str = 'float32'
+    jit_compile: bool = True
+    eval_every: int = 150
+    val_curve_examples: int = 4096
+    log_every: int = 50
+    checkpoint: bool = False
+    checkpoint_every: int = 5000
+    joints: str = 'h36m_17'
+    fps: float = 20.0
+    n_random_cameras: int = 1
+    max_frames_per_clip: Optional[int] = None
+    procedural_subjects: int = 8
+    procedural_clips: int = 4
+    procedural_seconds: float = 6.0
+    data_seed: int = 0
+    h36m_keypoints: str = 'gt'
+    h36m_frame_step: int = 1
+    h36m_test_frame_step: int = 1
+    h36m_val_subjects: Tuple[str, ...] = ()
+
+    def __post_init__(self):
+        from posekit.models.lifting import SHARING_VARIANTS
+        bad = [t for t in self.tables if t not in TABLES]
+        if bad or not self.tables:
+            raise ValueError(f'tables must be a non-empty subset of {TABLES}, received {self.tables!r}')
+        bad = [v for v in self.variants if v not in SHARING_VARIANTS]
+        if bad or not self.variants:
+            raise ValueError(f'variants must be a non-empty subset of {tuple(SHARING_VARIANTS)}, '
+                             f'received {self.variants!r}')
+        if self.loss not in LOSSES:
+            raise ValueError(f'loss must be one of {LOSSES}, received {self.loss!r}')
+        for name in ('channels', 'steps', 'batch_size', 'eval_every', 'val_curve_examples',
+                     'log_every', 'checkpoint_every', 'h36m_frame_step', 'h36m_test_frame_step'):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f'{name} must be an int >= 1, received {value!r}')
+        if not self.lr > 0 or not 0 < self.lr_decay_rate <= 1:
+            raise ValueError(f'lr must be > 0 and lr_decay_rate in (0, 1], received '
+                             f'lr={self.lr!r}, lr_decay_rate={self.lr_decay_rate!r}')
+
+
+PRESETS = {
+    # < 60 s end to end on procedural motion: every Table 2/3 run, tiny networks, a higher rate.
+    # (jit_compile off: XLA compiles would cost more than the 150 steps).
+    'smoke': Config(channels=32, n_blocks=1, steps=150, batch_size=128, lr=3e-3, eval_every=75,
+                    val_curve_examples=1024, log_every=25, jit_compile=False, fps=10.0,
+                    procedural_subjects=5, procedural_clips=2, procedural_seconds=4.0),
+    # The 8 Table 3 variants and the Table 2 pairs (11 runs) in <= 15 min on 2 cores.
+    # On Human3.6M it uses every 5th frame (10 fps) for training and testing; paper: every frame.
+    'quick': Config(steps=800, batch_size=128, eval_every=200, val_curve_examples=2048,
+                    h36m_frame_step=5, h36m_test_frame_step=5),
+    # The paper's controlled settings (SemGCN's recipe: Adam 1e-3, x0.96 every 100k steps, batch
+    # 64, gradient norm clipped to 1) with all three tables; for a GPU or a long CPU run.
+    'paper': Config(tables=('2', '3', '4'), steps=200_000, batch_size=64, lr_decay_rate=0.96,
+                    lr_decay_steps=100_000, lr_staircase=True, clip_norm=1.0, eval_every=5000,
+                    log_every=500, checkpoint=True, precision='auto', fps=25.0),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Plan
+# ----------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One model to train: a variant at a channel count (shared by every table that uses it)."""
+
+    variant: str
+    channels: int
+
+    @property
+    def key(self) -> str:
+        return f'{self.variant}_c{self.channels}'
+
+
+def plan(config: Config, adjacency) -> Tuple[List[Run], List[Tuple[str, Run]]]:
+    """The unique runs and the (table, run) rows of every configured table, in table order."""
+    from posekit.models.lifting import SHARING_VARIANTS, channels_for_budget, gcn_lifter_param_count
+    arch = dict(n_blocks=config.n_blocks, normalization=config.normalization,
+                non_local=config.non_local)
+    rows: List[Tuple[str, Run]] = []
+    if '2' in config.tables:
+        for plain, decoupled in DECOUPLING_PAIRS:
+            rows.append(('2_same_channels', Run(plain, config.channels)))
+            rows.append(('2_same_channels', Run(decoupled, config.channels)))
+        for plain, decoupled in DECOUPLING_PAIRS:
+            target = gcn_lifter_param_count(adjacency, config.channels,
+                                            **SHARING_VARIANTS[decoupled], **arch)
+            widened = channels_for_budget(target, adjacency, **SHARING_VARIANTS[plain], **arch)
+            rows.append(('2_matched_params', Run(plain, widened)))
+            rows.append(('2_matched_params', Run(decoupled, config.channels)))
+    if '3' in config.tables:
+        rows += [('3', Run(v, config.channels)) for v in config.variants]
+    if '4' in config.tables:
+        for budget in config.budgets:
+            for v in config.variants:
+                c = channels_for_budget(budget, adjacency, **SHARING_VARIANTS[v], **arch)
+                rows.append(('4', Run(v, c)))
+    runs = list(dict.fromkeys(run for _, run in rows))
+    return runs, rows
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+
+def load_sets(config: Config, dataset: str = 'cmu', mocap_dir: Optional[str] = None,
+              test_mocap_dir: Optional[str] = None, data_dir: Optional[str] = None,
+              cameras_file: Optional[str] = None):
+    """(dict of LiftingSets with 'train', 'val'/'test' when available, test-set name)."""
+    if dataset == 'h36m':
+        from posekit.data import h36m
+        if not data_dir:
+            raise ValueError('--dataset=h36m needs --data-dir (the folder with data_3d_h36m.npz '
+                             'and data_2d_h36m_<keypoints>.npz)')
+        sets = h36m.h36m_splits(data_dir, keypoints=config.h36m_keypoints, joints=config.joints,
+                                val_subjects=config.h36m_val_subjects,
+                                frame_step=config.h36m_frame_step,
+                                test_frame_step=config.h36m_test_frame_step,
+                                cameras_file=cameras_file)
+        return sets, f'h36m:S9,S11 ({config.h36m_keypoints} 2D)'
+    if dataset != 'cmu':
+        raise ValueError(f'dataset must be one of {DATASETS}, received {dataset!r}')
+    from posekit.data import lifting
+    spec = lifting.LiftingSpec(
+        joints=config.joints, fps=config.fps, max_frames_per_clip=config.max_frames_per_clip,
+        n_random_cameras=config.n_random_cameras, procedural_subjects=config.procedural_subjects,
+        procedural_clips=config.procedural_clips, procedural_seconds=config.procedural_seconds)
+    sets = lifting.lifting_splits(mocap_dir, test_mocap_dir, spec, seed=config.data_seed)
+    if test_mocap_dir:
+        name = f'mocap:{os.path.basename(os.path.normpath(test_mocap_dir))}'
+    elif 'test' in sets:
+        name = 'procedural_test_subjects'
+    else:
+        name = 'none'
+    return sets, name
+
+
+# ----------------------------------------------------------------------------------------------
+# Training and evaluation
+# ----------------------------------------------------------------------------------------------
+
+def predict_mm(model, inputs: np.ndarray, batch: int = EVAL_BATCH, predict_fn=None) -> np.ndarray:
+    """Model predictions in mm (float64 [N, J, 3]) for normalized 2D inputs [N, J, 2]."""
+    import tensorflow as tf
+    if predict_fn is None:
+        predict_fn = make_predict_fn(model, inputs.shape[1])
+    out = [predict_fn(tf.constant(inputs[i:i + batch])).numpy()
+           for i in range(0, len(inputs), batch)]
+    return np.concatenate(out).astype(np.float64) * MM_PER_M
+
+
+def make_predict_fn(model, n_joints: int):
+    """A traced-once ``f(inputs [B, J, 2]) -> float32 model output`` (inference mode)."""
+    import tensorflow as tf
+    return tf.function(lambda x: tf.cast(model(x, training=False), tf.float32),
+                       input_signature=[tf.TensorSpec([None, n_joints, 2], tf.float32)])
+
+
+def evaluate_set(model, lifting_set, predict_fn=None) -> Dict[str, float]:
+    """posekit.eval.metrics.evaluate of the model on a lifting set (root-relative, mm)."""
+    from posekit.eval import metrics
+    pred = predict_mm(model, lifting_set.inputs, predict_fn=predict_fn)
+    return metrics.evaluate(pred, lifting_set.targets.astype(np.float64))
+
+
+def mean_pose_metrics(train_set, eval_set) -> Dict[str, float]:
+    """Metrics of always predicting the training set's mean root-relative pose."""
+    from posekit.eval import metrics
+    mean = train_set.targets.astype(np.float64).mean(axis=0)
+    pred = np.broadcast_to(mean, eval_set.targets.shape)
+    return metrics.evaluate(pred, eval_set.targets.astype(np.float64))
+
+
+def _loss_fn(loss: str):
+    import tensorflow as tf
+
+    def loss_fn(model, batch, step, training):
+        del step
+        inputs, targets_mm = batch
+        pred = tf.cast(model(inputs, training=training), tf.float32)
+        targets = targets_mm / MM_PER_M
+        error = tf.norm(pred - targets, axis=-1)  # [B, J] metres
+        if loss == 'mse':
+            value = tf.reduce_mean(tf.square(pred - targets))
+        else:
+            value = tf.reduce_mean(error)
+        return value, {'mpjpe_mm': tf.reduce_mean(error) * MM_PER_M}
+
+    return loss_fn
+
+
+def train_run(run: Run, sets, config: Config, seed: int, run_dir: Optional[str],
+              progress: bool = False):
+    """Trains one run; returns (metrics dict, curves dict)."""
+    import keras
+    import tensorflow as tf
+    from posekit.data import lifting
+    from posekit.eval import metrics
+    from posekit.models.lifting import SHARING_VARIANTS, build_gcn_lifter, gcn_lifter_param_count
+    from posekit.train import loop
+    from posekit.train.precision import policy_scope
+
+    adjacency = sets['train'].joint_info.adjacency()
+    arch = dict(channels=run.channels, n_blocks=config.n_blocks, normalization=config.normalization,
+                non_local=config.non_local, dropout=config.dropout, **SHARING_VARIANTS[run.variant])
+    keras.utils.set_random_seed(seed)
+    with policy_scope(config.precision):
+        model = build_gcn_lifter(adjacency, name=f'gcn_{run.key}', **arch)
+        schedule = keras.optimizers.schedules.ExponentialDecay(
+            config.lr, config.lr_decay_steps or config.steps, config.lr_decay_rate,
+            staircase=config.lr_staircase)
+        if config.weight_decay > 0:
+            optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
+        else:
+            optimizer = keras.optimizers.Adam(schedule)
+    params = loop.count_params(model, trainable_only=True)
+    expected = gcn_lifter_param_count(adjacency, **arch)
+    if params != expected:
+        raise RuntimeError(f'{run.key}: model has {params} trainable parameters, '
+                           f'gcn_lifter_param_count says {expected}')
+
+    predict_fn = make_predict_fn(model, adjacency.shape[0])
+    val = sets.get('val')
+    curve_set = None
+    if val is not None:
+        idx = np.unique(np.linspace(0, len(val) - 1, min(config.val_curve_examples, len(val)))
+                        .round().astype(int))
+        curve_set = val.subset(idx)
+    val_curve = {'step': [], 'mpjpe': []}
+
+    def validate(step, logs):
+        del logs
+        if curve_set is not None and (step % config.eval_every == 0 or step == config.steps):
+            pred = predict_mm(model, curve_set.inputs, predict_fn=predict_fn)
+            val_curve['step'].append(step)
+            val_curve['mpjpe'].append(float(np.mean(metrics.mpjpe(pred, curve_set.targets))))
+
+    train_config = loop.TrainConfig(
+        total_steps=config.steps, precision=config.precision, checkpoint_every=config.checkpoint_every,
+        keep_last=1, log_every=config.log_every, jit_compile=config.jit_compile, seed=seed,
+        clip_norm=config.clip_norm, progress=progress)
+    result = loop.train(
+        model, _loss_fn(config.loss),
+        lambda start: lifting.lifting_dataset(sets['train'], config.batch_size, seed, start),
+        optimizer, train_config, out_dir=run_dir if config.checkpoint else None,
+        callbacks=[validate])
+    history = result.history
+    out = dict(params=params, train_loss=history['loss'][-1],
+               train_mpjpe=history['mpjpe_mm'][-1], steps_per_s=result.steps_per_s,
+               train_time_s=result.wall_time_s, steps=result.final_step, policy=result.policy)
+    for split in ('val', 'test'):
+        if split in sets:
+            scores = evaluate_set(model, sets[split], predict_fn)
+            out.update({f'{split}_{k}': v for k, v in scores.items()})
+    curves = dict(train_step=history['step'], train_mpjpe=history['mpjpe_mm'],
+                  train_loss=history['loss'], val_step=val_curve['step'],
+                  val_mpjpe=val_curve['mpjpe'])
+    return out, curves
+
+
+# ----------------------------------------------------------------------------------------------
+# Reporting
+# ----------------------------------------------------------------------------------------------
+
+def _stats(values: Sequence[float]) -> Tuple[float, float, int]:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return math.nan, math.nan, 0
+    return float(np.mean(values)), float(np.std(values)), len(values)
+
+
+def _fmt(values: Sequence[float]) -> str:
+    mean, std, n = _stats(values)
+    if n == 0:
+        return ''
+    return f'{mean:.1f}' if n == 1 else f'{mean:.1f} ± {std:.1f}'
+
+
+def _grouped(records, table):
+    """(variant, channels) -> records of ``table``, in first-appearance order."""
+    groups: Dict[Tuple[str, int], list] = {}
+    for r in records:
+        if r['table'] == table:
+            groups.setdefault((r['variant'], r['channels']), []).append(r)
+    return groups
+
+
+def findings(records) -> List[Tuple[str, bool, str]]:
+    """The paper's main findings checked on the records: (statement, holds, evidence)."""
+    out = []
+    for table in ('2_same_channels', '2_matched_params'):
+        groups = _grouped(records, table)
+        by_variant = {v: g for (v, _), g in groups.items()}
+        for plain, decoupled in DECOUPLING_PAIRS:
+            if plain in by_variant and decoupled in by_variant:
+                a, _, _ = _stats([r['mpjpe'] for r in by_variant[plain]])
+                b, _, _ = _stats([r['mpjpe'] for r in by_variant[decoupled]])
+                out.append((f'decoupling lowers MPJPE for {plain} ({TABLE_NAMES[table]})', b < a,
+                            f'{_fmt([r["mpjpe"] for r in by_variant[decoupled]])} vs '
+                            f'{_fmt([r["mpjpe"] for r in by_variant[plain]])} mm'))
+    groups = {v: g for (v, _), g in _grouped(records, '3').items()}
+    if 'pre_agg_dec' in groups and 'full' in groups:
+        a, sa, _ = _stats([r['mpjpe'] for r in groups['full']])
+        b, sb, _ = _stats([r['mpjpe'] for r in groups['pre_agg_dec']])
+        # "clearly": by more than the seeds' spread (and by at least 5 % of the vanilla error).
+        clear = b < a - max(sa + sb, 0.05 * a)
+        out.append(('decoupled pre_agg beats vanilla (full, not decoupled) GCN clearly '
+                    '(paper: 37.8 vs 53.5 mm)', clear,
+                    f'{_fmt([r["mpjpe"] for r in groups["pre_agg_dec"]])} vs '
+                    f'{_fmt([r["mpjpe"] for r in groups["full"]])} mm'))
+    return out
+
+
+def markdown_report(records, context: Dict[str, object]) -> str:
+    """results.md: the tables in the paper's layout, findings and the setup."""
+    seeds = sorted({r['seed'] for r in records})
+    lines = ['# Weight sharing in graph networks for 3D pose lifting (Liu et al., ECCV 2020)', '']
+    test_set = context.get('test_set', 'none')
+    metric_src = 'the external test set' if test_set != 'none' else 'the validation split'
+    lines += [f'MPJPE / PA-MPJPE in mm on {metric_src} ({test_set}); val = held-out training '
+              f'subjects. Seeds {seeds}: values are mean ± std over seeds. Paper: Human3.6M, '
+              'ground-truth 2D input (only numbers known exactly are given; blanks are unknown, '
+              'not zero).', '']
+    baseline = [r for r in records if r['table'] == 'baseline']
+    if baseline:
+        val = _fmt([r.get('val_mpjpe') for r in baseline])
+        lines += [f'Mean-pose baseline: MPJPE {_fmt([r["mpjpe"] for r in baseline])} mm'
+                  + (f' (val {val} mm).' if val else '.'), '']
+
+    def table_rows(table, paper=None):
+        rows = []
+        for (variant, channels), group in _grouped(records, table).items():
+            rows.append({
+                'variant': variant, 'sharing': group[0]['sharing'],
+                'decouple': 'yes' if group[0]['decouple'] else 'no',
+                'channels': channels, 'params': f'{group[0]["params"] / 1e6:.3f}M',
+                'mpjpe': _fmt([r['mpjpe'] for r in group]),
+                'pa_mpjpe': _fmt([r['pa_mpjpe'] for r in group]),
+                'val_mpjpe': _fmt([r['val_mpjpe'] for r in group]),
+                'paper': '' if paper is None or variant not in paper else f'{paper[variant]:.1f}',
+                'steps_per_s': f'{np.mean([r["steps_per_s"] for r in group]):.1f}'})
+        return rows
+
+    columns = ['variant', 'sharing', 'decouple', 'channels', 'params', 'mpjpe', 'pa_mpjpe',
+               'val_mpjpe', 'paper', 'steps_per_s']
+    headers = ['variant', 'sharing', 'decoupled', 'channels', 'params', 'MPJPE', 'PA-MPJPE',
+               'val MPJPE', 'paper MPJPE (H36M)', 'steps/s']
+    # The paper's numbers are Table 3's (Tables 2 and 4 are left blank: not known exactly).
+    for table, paper in (('2_same_channels', None), ('2_matched_params', None),
+                         ('3', PAPER_TABLE3_MPJPE_MM), ('4', None)):
+        rows = table_rows(table, paper)
+        if rows:
+            lines += [f'## {TABLE_NAMES[table]}', '', common.markdown_table(rows, columns, headers)]
+    found = findings(records)
+    if found:
+        lines += ['## Findings of the paper, checked', '']
+        for statement, holds, evidence in found:
+            lines.append(f'- {"REPRODUCED" if holds else "NOT reproduced"}: {statement}: '
+                         f'{evidence}')
+        lines.append('')
+    lines += ['## Setup', '', '```', json.dumps(context, indent=1, default=str), '```', '']
+    return '\n'.join(lines)
+
+
+def plot_curves(curves: Dict[str, Dict[str, list]], path: str) -> None:
+    """curves.png: training (left) and validation (right) MPJPE per run (first seed); dashed =
+    variants without a separate self-connection transform (full, pre_agg, post_agg)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, (ax_train, ax_val) = plt.subplots(1, 2, figsize=(13, 5))
+    for i, (name, c) in enumerate(curves.items()):
+        style = dict(color=plt.cm.tab20(i % 20), label=name,
+                     linestyle='-' if '_dec' in name or 'sharing' in name or 'conv' in name else '--')
+        ax_train.plot(c['train_step'], c['train_mpjpe'], **style)
+        if c['val_step']:
+            ax_val.plot(c['val_step'], c['val_mpjpe'], marker='o', **style)
+    for ax, title in ((ax_train, 'training MPJPE (mm, window means)'),
+                      (ax_val, 'validation MPJPE (mm, held-out training subjects)')):
+        ax.set_xlabel('step')
+        ax.set_ylabel('MPJPE (mm)')
+        ax.set_title(title)
+        ax.set_yscale('log')
+        ax.grid(True, which='both', alpha=0.3)
+    if any(c['val_step'] for c in curves.values()):
+        ax_val.legend(fontsize=7, ncol=2)
+    else:
+        ax_val.text(0.5, 0.5, 'no validation split', ha='center', transform=ax_val.transAxes)
+    ax_train.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Driver
+# ----------------------------------------------------------------------------------------------
+
+def run_experiment(config: Config, out: str, seeds: Sequence[int] = (0,), dataset: str = 'cmu',
+                   mocap_dir: Optional[str] = None, test_mocap_dir: Optional[str] = None,
+                   data_dir: Optional[str] = None, cameras_file: Optional[str] = None,
+                   progress: bool = False, log=print) -> List[dict]:
+    """Trains every planned run for every seed; writes results.json, results.md, curves.png.
+
+    Finished runs (``out/runs/<run>_s<seed>/record.json``) are reused, unfinished ones resume
+    from their checkpoints. Returns the records.
+    """
+    start = time.perf_counter()
+    os.makedirs(out, exist_ok=True)
+    sets, test_set = load_sets(config, dataset, mocap_dir, test_mocap_dir, data_dir, cameras_file)
+    load_s = time.perf_counter() - start
+    for name, s in sets.items():
+        log(f'{name}: {s.summary()} ({s.description})')
+    adjacency = sets['train'].joint_info.adjacency()
+    runs, rows = plan(config, adjacency)
+    log(f'{len(runs)} runs x {len(seeds)} seeds; data loaded in {load_s:.1f} s')
+    metric_split = 'test' if 'test' in sets else 'val'
+    records, curves = [], {}
+    for seed in seeds:
+        baseline = {f'{split}_{k}': v for split in ('val', 'test') if split in sets
+                    for k, v in mean_pose_metrics(sets['train'], sets[split]).items()}
+        records.append(dict(
+            table='baseline', variant=BASELINE_VARIANT, sharing=None, decouple=None, channels=0,
+            params=0, seed=seed, test_set=test_set, mpjpe=baseline[f'{metric_split}_mpjpe'],
+            pa_mpjpe=baseline[f'{metric_split}_pa_mpjpe'], train_loss=math.nan,
+            steps_per_s=math.nan, **baseline))
+        results: Dict[Run, dict] = {}
+        for i, run in enumerate(runs):
+            run_dir = os.path.join(out, 'runs', f'{run.key}_s{seed}')
+            record_path = os.path.join(run_dir, 'record.json')
+            if os.path.isfile(record_path):
+                with open(record_path, encoding='utf-8') as f:
+                    saved = json.load(f)
+                results[run], run_curves = saved['metrics'], saved['curves']
+                log(f'[{i + 1}/{len(runs)}] {run.key} seed {seed}: reused {record_path}')
+            else:
+                t = time.perf_counter()
+                results[run], run_curves = train_run(run, sets, config, seed, run_dir, progress)
+                common.write_json(record_path, dict(metrics=results[run], curves=run_curves))
+                m = results[run]
+                log(f'[{i + 1}/{len(runs)}] {run.key} seed {seed}: {m["params"]} params, '
+                    f'val MPJPE {m.get("val_mpjpe", math.nan):.1f}, '
+                    f'{metric_split} MPJPE {m[f"{metric_split}_mpjpe"]:.1f} mm, '
+                    f'{m["steps_per_s"]:.1f} steps/s, {time.perf_counter() - t:.0f} s')
+            if seed == seeds[0]:
+                curves[run.key] = run_curves
+        from posekit.models.lifting import SHARING_VARIANTS
+        for table, run in rows:
+            m = results[run]
+            variant = SHARING_VARIANTS[run.variant]
+            records.append(dict(
+                table=table, variant=run.variant, sharing=variant['sharing'],
+                decouple=variant['decouple'], channels=run.channels, params=m['params'],
+                seed=seed, test_set=test_set, mpjpe=m[f'{metric_split}_mpjpe'],
+                pa_mpjpe=m[f'{metric_split}_pa_mpjpe'], val_mpjpe=m.get('val_mpjpe', math.nan),
+                val_pa_mpjpe=m.get('val_pa_mpjpe', math.nan), train_loss=m['train_loss'],
+                train_mpjpe=m['train_mpjpe'], steps_per_s=m['steps_per_s'], run=f'{run.key}_s{seed}',
+                **{k: v for k, v in m.items() if k.startswith(('test_', 'val_')) and
+                   k not in ('val_mpjpe', 'val_pa_mpjpe')}))
+    total_s = time.perf_counter() - start
+    context = dict(config=dataclasses.asdict(config), seeds=list(seeds), dataset=dataset,
+                   mocap_dir=mocap_dir or 'procedural', test_mocap_dir=test_mocap_dir,
+                   data_dir=data_dir, test_set=test_set, metric_split=metric_split,
+                   n_runs=len(runs), sets={k: s.summary() for k, s in sets.items()},
+                   wall_time_s=round(total_s, 1), data_load_s=round(load_s, 1))
+    common.write_json(os.path.join(out, 'results.json'), records)
+    common.atomic_write_text(os.path.join(out, 'results.md'), markdown_report(records, context))
+    plot_curves(curves, os.path.join(out, 'curves.png'))
+    log(f'wrote {out}/results.json, results.md, curves.png in {total_s:.0f} s')
+    return records
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    common.define_common_flags(PRESET_NAMES, 'quick', 'runs/gcn_weight_sharing')
+    flags.DEFINE_string('seeds', None, 'Comma-separated training seeds (default: --seed).')
+    flags.DEFINE_enum('dataset', 'cmu', list(DATASETS),
+                      "'cmu': lifting sets from motion capture (--mocap-dir); 'h36m': Human3.6M npz "
+                      'files in --data-dir.')
+    flags.DEFINE_string('data-dir', None, 'Human3.6M folder (data_3d_h36m.npz, data_2d_h36m_*.npz).')
+    flags.DEFINE_string('h36m-cameras', None,
+                        'Optional Human3.6M cameras JSON (posekit.data.h36m.load_cameras_file); '
+                        'default: extrinsics fitted by PnP.')
+    flags.DEFINE_bool('progress', False, 'Show the training loop progress bar.')
+
+
+def main(argv):
+    del argv
+    config = common.apply_overrides(common.get_preset(PRESETS, FLAGS.preset), FLAGS.set)
+    seeds = ([int(s) for s in FLAGS.seeds.split(',') if s.strip()] if FLAGS.seeds
+             else [FLAGS.seed])
+    mocap_dir = common.resolve_mocap_dir(FLAGS['mocap-dir'].value)
+    test_dir = FLAGS['test-mocap-dir'].value
+    if test_dir and not os.path.isdir(test_dir):
+        raise FileNotFoundError(f'--test-mocap-dir {test_dir!r} is not a directory')
+    run_experiment(config, FLAGS.out, seeds, dataset=FLAGS.dataset, mocap_dir=mocap_dir,
+                   test_mocap_dir=test_dir, data_dir=FLAGS['data-dir'].value,
+                   cameras_file=FLAGS['h36m-cameras'].value, progress=FLAGS.progress,
+                   log=lambda message: print(message, file=sys.stderr, flush=True))
+
+
+if __name__ == '__main__':
+    define_flags()
+    app.run(main)

@@ -1,0 +1,153 @@
+"""Tests of experiments.gcn_weight_sharing: config, run plan, findings, report and one smoke run."""
+import dataclasses
+import json
+import math
+import pathlib
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from experiments import common
+from experiments import gcn_weight_sharing as gws
+from posekit import skeletons
+from posekit.models.lifting import SHARING_VARIANTS, gcn_lifter_param_count
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+SMOKE_MAX_SECONDS = 300  # ~40 s on a quiet 2-core machine; headroom for a shared one
+ADJ = skeletons.get('h36m_17').adjacency()
+
+
+def test_presets_and_config_validation():
+    assert set(gws.PRESETS) == set(gws.PRESET_NAMES) == {'smoke', 'quick', 'paper'}
+    quick, paper = gws.PRESETS['quick'], gws.PRESETS['paper']
+    assert quick.tables == ('2', '3') and quick.channels == 128 and quick.variants == tuple(SHARING_VARIANTS)
+    assert quick.jit_compile and quick.lr == 1e-3
+    assert paper.tables == ('2', '3', '4') and paper.batch_size == 64 and paper.clip_norm == 1.0
+    assert (paper.lr_decay_rate, paper.lr_decay_steps, paper.lr_staircase) == (0.96, 100_000, True)
+    with pytest.raises(ValueError, match=r"tables must be a non-empty subset of .*received \('5',\)"):
+        gws.Config(tables=('5',))
+    with pytest.raises(ValueError, match=r"variants must be a non-empty subset .*received \('gat',\)"):
+        gws.Config(variants=('gat',))
+    with pytest.raises(ValueError, match="loss must be one of .*received 'l1'"):
+        gws.Config(loss='l1')
+    with pytest.raises(ValueError, match='steps must be an int >= 1, received 0'):
+        gws.Config(steps=0)
+    with pytest.raises(ValueError, match="unknown config key 'epochs'"):
+        common.apply_overrides(quick, ['epochs=3'])
+    changed = common.apply_overrides(quick, ['variants=full,pre_agg_dec', 'clip_norm=1.0', 'tables=3'])
+    assert changed.variants == ('full', 'pre_agg_dec') and changed.clip_norm == 1.0 and changed.tables == ('3',)
+
+
+def test_plan_shares_runs_between_tables_and_matches_parameters():
+    runs, rows = gws.plan(gws.PRESETS['quick'], ADJ)
+    assert len(runs) == 11 and len(set(runs)) == 11  # 8 variants at 128 + 3 widened plain ones
+    tables = [t for t, _ in rows]
+    assert tables.count('2_same_channels') == 6 and tables.count('2_matched_params') == 6
+    assert [r.variant for t, r in rows if t == '3'] == list(SHARING_VARIANTS)
+    assert all(r.channels == 128 for t, r in rows if t in ('3', '2_same_channels'))
+    matched = [r for t, r in rows if t == '2_matched_params']
+    for plain, decoupled in zip(matched[::2], matched[1::2]):
+        assert plain.variant + '_dec' == decoupled.variant and plain.channels > decoupled.channels == 128
+        target = gcn_lifter_param_count(ADJ, 128, **SHARING_VARIANTS[decoupled.variant])
+        widened = gcn_lifter_param_count(ADJ, plain.channels, **SHARING_VARIANTS[plain.variant])
+        one_more = gcn_lifter_param_count(ADJ, plain.channels + 1, **SHARING_VARIANTS[plain.variant])
+        assert abs(widened - target) <= abs(one_more - target)  # the closest width
+        assert abs(widened - target) / target < 0.02
+    runs4, rows4 = gws.plan(dataclasses.replace(gws.PRESETS['quick'], tables=('4',)), ADJ)
+    assert len(rows4) == 3 * 8
+    for _, run in rows4:
+        params = gcn_lifter_param_count(ADJ, run.channels, **SHARING_VARIANTS[run.variant])
+        assert min(abs(params - b) / b for b in gws.PRESETS['quick'].budgets) < 0.05
+
+
+def _records(mpjpe, seeds=(0,)):
+    out = []
+    for seed in seeds:
+        for table, pairs in (('2_same_channels', mpjpe), ('3', mpjpe)):
+            for variant, value in pairs.items():
+                v = SHARING_VARIANTS[variant]
+                out.append(dict(table=table, variant=variant, sharing=v['sharing'], decouple=v['decouple'],
+                                channels=128, params=1000, seed=seed, mpjpe=value + seed, pa_mpjpe=value / 2,
+                                val_mpjpe=value, steps_per_s=1.0))
+    return out
+
+
+def test_findings_and_report():
+    good = _records({'full': 60.0, 'full_dec': 50.0, 'pre_agg': 45.0, 'pre_agg_dec': 40.0,
+                     'post_agg': 47.0, 'post_agg_dec': 42.0})
+    found = gws.findings(good)
+    assert len(found) == 4 and all(holds for _, holds, _ in found)
+    bad = _records({'full': 41.0, 'full_dec': 50.0, 'pre_agg': 45.0, 'pre_agg_dec': 40.0,
+                    'post_agg': 47.0, 'post_agg_dec': 42.0}, seeds=(0, 1, 2))
+    verdict = {s: h for s, h, _ in gws.findings(bad)}
+    assert not verdict['decoupling lowers MPJPE for full (Table 2 (same channels))']
+    assert not verdict['decoupled pre_agg beats vanilla (full, not decoupled) GCN clearly (paper: 37.8 vs 53.5 mm)']
+    report = gws.markdown_report(bad, {'test_set': 'mocap:cmu_mocap_test'})
+    assert '## Table 3' in report and 'NOT reproduced' in report
+    assert '| full | full | no | 128 | 0.001M | 42.0 ± 0.8 |' in report  # mean ± std over 3 seeds
+    table3 = report[report.index('## Table 3'):]
+    rows = {line.split('|')[1].strip(): line for line in table3.splitlines() if line.startswith('| ')}
+    assert rows['full'].split('|')[9].strip() == '53.5' and rows['pre_agg_dec'].split('|')[9].strip() == '37.8'
+    assert rows['post_agg'].split('|')[9].strip() == ''  # unknown paper numbers stay blank
+    table2 = report[report.index('## Table 2 (same channels)'):report.index('## Table 3')]
+    assert '53.5' not in table2 and '37.8' not in table2  # Table 3's numbers only in Table 3
+
+
+def test_mean_pose_metrics_is_the_error_of_the_training_mean():
+    from posekit.data import lifting
+    rng = np.random.default_rng(0)
+
+    def make(n):
+        t = rng.normal(0, 100, (n, 17, 3)).astype(np.float32)
+        t[:, 0] = 0
+        return lifting.LiftingSet(np.zeros((n, 17, 2), np.float32), t, np.zeros(n, np.int32),
+                                  np.full(n, 's'), np.zeros(n, np.int32), np.arange(n, dtype=np.int32),
+                                  ['c'], 'h36m_17')
+
+    train, val = make(50), make(20)
+    m = gws.mean_pose_metrics(train, val)
+    mean = train.targets.astype(np.float64).mean(0)
+    assert m['mpjpe'] == pytest.approx(np.linalg.norm(val.targets - mean, axis=-1).mean(), rel=1e-9)
+
+
+@pytest.mark.slow
+def test_smoke_run_end_to_end(tmp_path):
+    out = tmp_path / 'smoke'
+    command = [sys.executable, '-m', 'experiments.gcn_weight_sharing', '--preset=smoke', f'--out={out}',
+               '--mocap-dir=procedural', '--seeds=0']
+    start = time.monotonic()
+    process = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    seconds = time.monotonic() - start
+    assert process.returncode == 0, process.stderr[-4000:]
+    assert seconds < SMOKE_MAX_SECONDS
+    records = json.loads((out / 'results.json').read_text())
+    config = gws.PRESETS['smoke']
+    runs, rows = gws.plan(config, ADJ)
+    baseline = [r for r in records if r['table'] == 'baseline']
+    assert len(baseline) == 1 and baseline[0]['mpjpe'] > 100  # procedural test subjects, mm
+    trained = [r for r in records if r['table'] != 'baseline']
+    assert [(r['table'], r['variant'], r['channels']) for r in trained] == \
+        [(t, run.variant, run.channels) for t, run in rows]
+    assert {r['variant'] for r in trained if r['table'] == '3'} == set(SHARING_VARIANTS)
+    for r in trained:
+        expected = gcn_lifter_param_count(ADJ, r['channels'], n_blocks=config.n_blocks,
+                                          **SHARING_VARIANTS[r['variant']])
+        assert r['params'] == expected, r['run']
+        for key in ('mpjpe', 'pa_mpjpe', 'val_mpjpe', 'val_pa_mpjpe', 'train_loss', 'steps_per_s'):
+            assert math.isfinite(r[key]), (r['run'], key)
+        assert r['pa_mpjpe'] < r['mpjpe'] and r['test_set'] == 'procedural_test_subjects'
+        assert r['test_mpjpe'] == r['mpjpe']  # the reported numbers are the test set's
+        curves = json.loads((out / 'runs' / r['run'] / 'record.json').read_text())['curves']
+        assert curves['val_step'] == [75, 150] and curves['train_mpjpe'][-1] < curves['train_mpjpe'][0] / 2
+        if r['variant'] == 'full':
+            # The vanilla GCN (one transform for every joint, equivariant to the skeleton's left/right
+            # symmetry) needs far longer training than 150 steps to beat the mean pose; every
+            # other variant must.
+            continue
+        assert r['mpjpe'] < baseline[0]['mpjpe'], r['run']
+    report = (out / 'results.md').read_text()
+    assert '## Table 2 (matched parameters)' in report and '## Table 3' in report
+    assert (out / 'curves.png').stat().st_size > 10_000
