@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.posekit-installed
 
-.PHONY: test install clean
+.PHONY: test install demo clean
 
 install: $(STAMP)
 
@@ -16,6 +16,12 @@ $(STAMP): setup.py
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The main experiment on the default preset (< 20 min on 2 CPU cores): trains, evaluates, prints the
+# results table and leaves runs/demo/{results.md,results.json,saved_model}. Re-running continues/reuses
+# runs/demo (--resume); delete the folder for a fresh run.
+demo: $(STAMP)
+	$(PY) -m experiments.metrabs_acae --preset=default --out runs/demo --resume
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,739 @@
+"""MeTRAbs with an affine-combining autoencoder (Sárándi et al., WACV 2023), end to end.
+
+    python -m experiments.metrabs_acae --preset=default --out runs/metrabs_acae \\
+        [--mocap-dir auto|procedural|DIR] [--test-mocap-dir DIR] [--seed 0] [--resume] \\
+        [--variant consistency|latent|hybrid|separate|all|v1,v2] [--set key=value ...]
+
+The paper's recipe on posekit's synthetic multi-dataset data (:mod:`posekit.data.synth`: three 3D
+datasets, h36m_like / mpi_like / smpl_like, and the 2D-only coco_like, each labelling its own
+skeleton format of the joint space ``DEFAULT_FORMATS``):
+
+1. **data**: the datasets rendered once into HDF5 shards (``storage.ensure_datasets``, reused when
+   the parameters match) from the motion of ``--mocap-dir`` (subject-wise train/val split) and, for
+   the test split, ``--test-mocap-dir`` (external, used whole) if given;
+2. **stage 1**: a MeTRAbs model (``posekit.models.metrabs.Metrabs``, separate heads for the joints
+   of every format) trained on fixed-composition multi-dataset batches
+   (``pipeline.interleave_by_composition``, augmentation, own-format masking) with the losses of
+   supplement S2 (``posekit.train.losses.metrabs_loss``), AdamW and the MeTRAbs schedule;
+3. **pseudo ground truth**: the stage-1 model's predictions of every format on unlabeled images
+   (the training images of all datasets, without their labels);
+4. **ACAE**: an affine-combining autoencoder fitted to them (``posekit.acae.fit_acae``);
+5. **stage 2**: fine-tuning from stage 1 with two optimizers (head and backbone,
+   ``finetune_lr``), per ``--variant``:
+
+   - ``consistency``: separate heads + consistency regularization (prediction vs its own ACAE
+     reconstruction, 3D and 2D; ``losses.consistency_loss``);
+   - ``latent``: a head predicting the ACAE's latent points, decoded to all joints;
+   - ``hybrid``: latent and all-joints heads, the latent head also taught by the encoded
+     all-joints head (``losses.hybrid_teacher_loss``); the output is the decoded latent head;
+   - ``separate``: plain continued fine-tuning (the fair reference for the other three).
+
+   The new heads of ``latent``/``hybrid`` start from the stage-1 head: the heatmap logits of latent
+   ``l`` are the affine combination ``sum_j W_enc[j, l] logit_j`` (for log-heatmaps that are
+   quadratic around their peak this puts the latent's peak exactly at the encoded position).
+   The last ``bn_inference_steps`` steps run with BatchNorm in inference mode;
+6. **evaluation** (:mod:`experiments.metrabs_acae_eval`): ``results.json`` and ``results.md``;
+7. **export**: the first ``--variant``'s model as a SavedModel in ``<out>/saved_model``
+   (``posekit.export.export_model``).
+
+``--resume`` continues every stage from its checkpoints (a killed run picks up where it
+stopped; finished stages are restored, cached predictions and the ACAE reused); without it an
+``--out`` that holds checkpoints is refused. ``--variant`` accepts a comma-separated list (or
+``all``); the first variant is exported. Outputs in ``--out``: ``data/`` (shards, unless
+``data_dir`` is set), ``stage1/``, ``stage2_<variant>/`` (checkpoints, TensorBoard logs,
+predictions), ``pseudo_gt.npz``, ``acae.npz``, ``results.json``, ``results.md``, ``saved_model/``.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+from absl import app, flags
+from absl import logging as absl_logging
+
+from experiments import common
+
+PRESET_NAMES = ('smoke', 'default', 'paper')
+VARIANTS = ('consistency', 'latent', 'hybrid', 'separate')
+PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16')
+PIXEL_MAX = 255.0
+"""uint8 images are divided by this before the backbone (which takes [0, 1])."""
+MM_PER_M = 1000.0
+"""Losses are in metres, labels and predictions in mm."""
+STAGE_SEED_OFFSET = 1000
+"""Stage 2 draws its per-example random numbers from seed + this (stage 1 from seed)."""
+SPLIT_VAL, SPLIT_TEST = 'val', 'test'
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Experiment settings (frozen; ``--set key=value`` overrides, unknown keys are errors).
+
+    Data:
+      n_train, n_val, n_test: examples per dataset and split (the test split is generated only when
+        it differs from val: procedural motion or an external ``--test-mocap-dir``).
+      crop_size: S, side of the square person crops (px).
+      batch_3d, batch_2d: examples per batch of the 3D datasets and of the 2D dataset (split evenly,
+        ``pipeline.make_composition``).
+      data_dir: shard folder ('' = ``<out>/data``); reused across runs when the parameters match.
+      data_seed: seed of the rendering (fixed across training seeds).
+      data_workers: processes rendering shards.
+      max_frames_per_clip: subsample long BVH clips (None: all frames).
+      augment: geometric and photometric augmentation (``AugmentConfig()`` defaults).
+    Model:
+      backbone, backbone_width, backbone_depth: ``build_backbone`` name and multipliers (None: the
+        backbone's own).
+      ghost_batch_size: examples per ghost batch of Ghost BN; 0 = one group per batch part (3D, 2D).
+      depth_bins: depth bins of the 3D heatmaps; max_norm: max-norm limit of every kernel.
+      precision: training-loop precision ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16'); 'auto' is
+        resolved by the precision module's rules (:func:`resolve_precision`).
+      jit_compile: XLA-compile the training step.
+    Stage 1:
+      stage1_steps, base_lr, weight_decay (AdamW, decoupled), abs_loss_start_step (the absolute
+      loss is on for steps > this).
+    Pseudo ground truth and ACAE:
+      pseudo_gt_per_dataset: unlabeled training images per dataset predicted by the stage-1 model;
+      acae_latents, acae_steps, acae_l1, acae_projected: ``fit_acae`` settings.
+    Stage 2:
+      variants: default ``--variant`` list (the first is exported).
+      stage2_steps, stage2_base_lr: fine-tuning length and the base of ``finetune_lr`` (head: warm
+        restart at this rate, backbone: this / 30).
+      stage2_abs_loss_start_step: as abs_loss_start_step, counted in stage-2 steps (-1: on).
+      consistency_weight: weight of the consistency loss (metres, 3D + 0.2 x 2D).
+      hybrid_teacher_weight, hybrid_start_step: the hybrid student-teacher loss.
+      bn_inference_steps: final steps with BatchNorm in inference mode (counted on top).
+    Bookkeeping:
+      eval_batch, log_every, checkpoint_every, export.
+    """
+
+    n_train: int = 4000
+    n_val: int = 400
+    n_test: int = 400
+    crop_size: int = 128
+    batch_3d: int = 24
+    batch_2d: int = 8
+    data_dir: str = ''
+    data_seed: int = 0
+    data_workers: int = 2
+    max_frames_per_clip: Optional[int] = None
+    augment: bool = True
+    backbone: str = 'mobile_small'
+    backbone_width: Optional[float] = None
+    backbone_depth: Optional[float] = None
+    ghost_batch_size: int = 0
+    depth_bins: int = 8
+    max_norm: float = 20.0
+    precision: str = 'auto'
+    jit_compile: bool = False
+    stage1_steps: int = 3000
+    base_lr: float = 1e-2
+    weight_decay: float = 1e-4
+    abs_loss_start_step: int = 200
+    pseudo_gt_per_dataset: int = 1000
+    acae_latents: int = 32
+    acae_steps: int = 3000
+    acae_l1: float = 0.3
+    acae_projected: bool = False
+    variants: Tuple[str, ...] = ('consistency', 'separate')
+    stage2_steps: int = 400
+    stage2_base_lr: float = 3e-3
+    stage2_abs_loss_start_step: int = -1
+    consistency_weight: float = 1.0
+    hybrid_teacher_weight: float = 1.0
+    hybrid_start_step: int = 50
+    bn_inference_steps: int = 25
+    eval_batch: int = 64
+    log_every: int = 50
+    checkpoint_every: int = 500
+    export: bool = True
+
+    def __post_init__(self):
+        for name in ('n_train', 'n_val', 'crop_size', 'batch_3d', 'batch_2d', 'depth_bins', 'stage1_steps',
+                     'pseudo_gt_per_dataset', 'acae_latents', 'acae_steps', 'stage2_steps', 'eval_batch',
+                     'log_every', 'checkpoint_every', 'data_workers'):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f'{name} must be an int >= 1, received {name}={value!r}')
+        for name in ('n_test', 'ghost_batch_size', 'bn_inference_steps', 'data_seed'):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f'{name} must be an int >= 0, received {name}={value!r}')
+        for name in ('base_lr', 'stage2_base_lr', 'max_norm'):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f'{name} must be a positive number, received {name}={value!r}')
+        for name in ('weight_decay', 'consistency_weight', 'hybrid_teacher_weight', 'acae_l1'):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f'{name} must be a number >= 0, received {name}={value!r}')
+        if self.precision not in PRECISIONS:
+            raise ValueError(f'precision must be one of {PRECISIONS}, received precision={self.precision!r}')
+        variants = tuple(self.variants)
+        bad = [v for v in variants if v not in VARIANTS]
+        if bad or not variants or len(set(variants)) != len(variants):
+            raise ValueError(f'variants must be distinct names among {VARIANTS}, received variants={self.variants!r}')
+        object.__setattr__(self, 'variants', variants)
+
+    @property
+    def batch_size(self) -> int:
+        return self.batch_3d + self.batch_2d
+
+
+PRESETS: Dict[str, Config] = {
+    # About a minute and a half on 2 cores: tiny data, a few dozen steps per stage (checks the
+    # machinery end to end, not accuracy).
+    'smoke': Config(n_train=96, n_val=24, n_test=24, crop_size=64, batch_3d=6, batch_2d=2, precision='float32',
+                    stage1_steps=40, abs_loss_start_step=20, pseudo_gt_per_dataset=48, acae_latents=16,
+                    acae_steps=300, variants=('consistency',), stage2_steps=20, hybrid_start_step=5,
+                    bn_inference_steps=4,
+                    eval_batch=48, log_every=10, checkpoint_every=20),
+    # The project's main run (`make demo`): < 20 min on 2 CPU cores.
+    'default': Config(),
+    # The paper's sizes (Table S1 composition of 96 3D + 32 2D examples, 400k + 40k steps,
+    # EfficientNetV2-S at 256 px, the published learning rate); for GPU users.
+    'paper': Config(n_train=50000, n_val=2000, n_test=5000, crop_size=256, batch_3d=96, batch_2d=32,
+                    data_workers=8, backbone='efficientnetv2-s', ghost_batch_size=16, precision='auto',
+                    stage1_steps=400_000, base_lr=2.12e-4, weight_decay=3e-3, abs_loss_start_step=5000,
+                    pseudo_gt_per_dataset=20000, acae_steps=6000, stage2_steps=40_000, stage2_base_lr=2.12e-4,
+                    stage2_abs_loss_start_step=-1, hybrid_start_step=5000, bn_inference_steps=1000,
+                    eval_batch=128, log_every=500, checkpoint_every=5000),
+}
+
+
+def parse_variants(value: Optional[str], default: Sequence[str]) -> Tuple[str, ...]:
+    """``--variant`` -> tuple of variants ('all', a name, or a comma-separated list; None: ``default``)."""
+    if value is None or value == '':
+        return tuple(default)
+    if value == 'all':
+        return VARIANTS
+    names = tuple(v.strip() for v in value.split(',') if v.strip())
+    bad = [v for v in names if v not in VARIANTS]
+    if bad or not names:
+        raise ValueError(f'--variant must be "all" or names among {VARIANTS}, received {value!r}')
+    return names
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+
+def dataset_specs(config: Config):
+    """The synthetic datasets (``synth.PRESETS`` order) with this config's sizes and crop."""
+    from posekit.data import synth
+    return [dataclasses.replace(spec, n_train=config.n_train, n_val=config.n_val, n_test=config.n_test)
+            for spec in synth.preset_specs('default', crop_size=config.crop_size)]
+
+
+def composition(config: Config) -> Dict[str, int]:
+    from posekit.data import pipeline
+    return pipeline.make_composition(pipeline.DATASETS_3D, pipeline.DATASETS_2D, config.batch_3d, config.batch_2d)
+
+
+def eval_splits(mocap_dir: Optional[str], test_mocap_dir: Optional[str]) -> Dict[str, str]:
+    """{split: description} of the evaluation sets.
+
+    val = held-out subjects of the training motion (tuning happens here). test = the external BVH set
+    when given; else, for procedural motion, procedural test subjects (new people and motion); with a
+    BVH folder and no test folder the synthetic test split would repeat the val subjects, so it is
+    left out.
+    """
+    splits = {SPLIT_VAL: 'val: held-out subjects of the training motion'}
+    if test_mocap_dir:
+        splits[SPLIT_TEST] = f'test: external motion {os.path.basename(os.path.normpath(test_mocap_dir))}'
+    elif not mocap_dir:
+        splits[SPLIT_TEST] = 'test: procedural test subjects (unseen people and motion)'
+    return splits
+
+
+def prepare_data(config: Config, data_dir: str, mocap_dir, test_mocap_dir, log) -> Dict[str, Dict[str, List[str]]]:
+    """Renders (or reuses) the shards; returns {dataset: {split: [paths]}}. Call before TensorFlow works."""
+    from posekit.data import storage
+    splits = ('train',) + tuple(eval_splits(mocap_dir, test_mocap_dir))
+    return storage.ensure_datasets(
+        data_dir, dataset_specs(config), seed=config.data_seed, mocap_dir=mocap_dir,
+        test_mocap_dir=test_mocap_dir, splits=splits, workers=config.data_workers, progress=True,
+        max_frames_per_clip=config.max_frames_per_clip, log=log)
+
+
+class SubsetSource:
+    """The first ``count`` examples of an ``ExampleSource`` (the pipeline's protocol)."""
+
+    def __init__(self, source, count: int):
+        self.source = source
+        self.count = min(int(count), len(source))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def get(self, indices):
+        return self.source.get(np.asarray(indices, np.int64))
+
+
+# ----------------------------------------------------------------------------------------------
+# Model
+# ----------------------------------------------------------------------------------------------
+
+def joint_space():
+    from posekit.data.bodies import DEFAULT_FORMATS
+    from posekit.skeletons import JointSpace
+    return JointSpace(DEFAULT_FORMATS)
+
+
+def build_backbone(config: Config):
+    from posekit.models import backbones
+    groups = None if config.ghost_batch_size else [config.batch_3d, config.batch_2d]
+    return backbones.build_backbone(
+        config.backbone, input_shape=(config.crop_size, config.crop_size, 3), width=config.backbone_width,
+        depth=config.backbone_depth, ghost_batch_size=config.ghost_batch_size or None, ghost_groups=groups,
+        max_norm=config.max_norm)
+
+
+def resolve_precision(config: Config, space, streams, seed: int, log=None) -> str:
+    """The policy to train with: ``config.precision``, or for 'auto' the precision module's rule.
+
+    'auto' asks ``posekit.train.precision.choose_policy`` (when the module has it) whether the machine's
+    mixed policy pays for this model: it builds the stage-1 model under float32 and under
+    ``auto_policy()`` and times a few interleaved training steps on the first training batch (about a
+    minute on 2 cores); without ``choose_policy`` it is ``auto_policy()``.
+    """
+    import inspect
+    import keras
+    from posekit.train import precision
+    if config.precision != 'auto':
+        return precision.resolve_policy(config.precision)
+    choose = getattr(precision, 'choose_policy', None)
+    if choose is None or 'loss_fn' not in inspect.signature(choose).parameters:
+        return precision.auto_policy()
+    batch = next(iter(make_dataset_fn(config, streams, space, seed)(0)))
+    choice = choose(lambda: build_model(config, space), make_loss_fn(config, space, seed, stage=1), batch,
+                    make_optimizer=lambda: keras.optimizers.AdamW(config.base_lr, weight_decay=config.weight_decay),
+                    jit_compile=config.jit_compile, seed=seed)
+    policy = getattr(choice, 'policy', choice)
+    if log is not None:
+        log(f"precision 'auto' -> {policy} (posekit.train.precision.choose_policy: float32 "
+            f"{getattr(choice, 'float32_ms', math.nan):.0f} ms/step, {getattr(choice, 'candidate', '?')} "
+            f"{getattr(choice, 'candidate_ms', math.nan):.0f} ms/step)")
+    return policy
+
+
+def build_model(config: Config, space, head_mode: str = 'separate', acae=None, backbone=None):
+    """A built Metrabs model over ``space`` (call inside ``policy_scope(config.precision)``).
+
+    ``backbone``: reuse this backbone (stage 2); None builds a new one.
+    """
+    import tensorflow as tf
+    from posekit.models.metrabs import Metrabs
+    if backbone is None:
+        backbone = build_backbone(config)
+    model = Metrabs(backbone, space.n_joints, head_mode=head_mode, acae=acae, depth_bins=config.depth_bins,
+                    kernel_max_norm=config.max_norm,
+                    format_slices={f: (s.start, s.stop) for f, s in space.slices.items()},
+                    name=f'metrabs_{head_mode}')
+    size = config.crop_size
+    intrinsics = tf.constant([[[float(size), 0.0, (size - 1) / 2], [0.0, float(size), (size - 1) / 2],
+                               [0.0, 0.0, 1.0]]])
+    model(tf.zeros([1, size, size, 3]), intrinsics, training=False)
+    return model
+
+
+def init_head_from_separate(head, separate_head, n_joints: int, acae=None, offset_joints: bool = False):
+    """Initialises a latent/hybrid head from a trained separate (all-joints) head.
+
+    Head channels are P 2D heatmaps then D x P 3D heatmaps ordered (depth bin, point). With
+    ``acae`` the first L points get the affine combinations ``sum_j W_enc[j, l] (kernel, bias)_j`` of
+    the joints' channels; with ``offset_joints`` (hybrid) the J joint channels after the L latents
+    are copied.
+    """
+    old_kernel, old_bias = [np.asarray(w) for w in separate_head.conv.get_weights()]
+    kernel, bias = [np.asarray(w).copy() for w in head.conv.get_weights()]
+    depth = separate_head.depth_bins
+    n_points = head.n_points
+
+    def blocks(array, n):  # [..., n (1 + D)] -> [1 + D] list of [..., n]
+        return [array[..., k * n:(k + 1) * n] for k in range(1 + depth)]
+
+    old_k, old_b = blocks(old_kernel, n_joints), blocks(old_bias, n_joints)
+    new_k, new_b = blocks(kernel, n_points), blocks(bias, n_points)
+    n_latents = 0
+    if acae is not None:
+        weights = np.asarray(acae.encoder_weights(), np.float64)  # [J, L]
+        n_latents = weights.shape[1]
+        for k in range(1 + depth):
+            new_k[k][..., :n_latents] = old_k[k] @ weights
+            new_b[k][:n_latents] = old_b[k] @ weights
+    if offset_joints:
+        for k in range(1 + depth):
+            new_k[k][..., n_latents:n_latents + n_joints] = old_k[k]
+            new_b[k][n_latents:n_latents + n_joints] = old_b[k]
+    head.conv.set_weights([np.concatenate(new_k, axis=-1).astype(kernel.dtype),
+                           np.concatenate(new_b, axis=-1).astype(bias.dtype)])
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses
+# ----------------------------------------------------------------------------------------------
+
+def make_loss_fn(config: Config, space, seed: int, stage: int = 1, variant: str = 'separate', acae=None):
+    """``loss_fn(model, batch, step, training)`` of the training loop for a stage and variant.
+
+    Every variant trains the absolute output with ``metrabs_loss`` (metres). The per-example weight
+    of the 3D head in the absolute output, ``mix_3d_in_view``, is drawn uniformly in [0, 1] from a
+    stateless generator seeded by (seed, step), so resumed runs draw the same numbers.
+    """
+    import tensorflow as tf
+    from posekit.models.metrabs import BOX_SIZE_MM
+    from posekit.train import losses
+
+    if variant not in VARIANTS:
+        raise ValueError(f'variant must be one of {VARIANTS}, received variant={variant!r}')
+    if variant != 'separate' and stage == 2 and acae is None:
+        raise ValueError(f'variant={variant!r} needs the fitted acae, received acae=None')
+    averaging = losses.per_joint_averaging_matrix(space)
+    crop = config.crop_size
+    abs_start = config.abs_loss_start_step if stage == 1 else config.stage2_abs_loss_start_step
+    px_to_box_m = BOX_SIZE_MM / MM_PER_M / crop
+    mix_seed = int(seed) + (0 if stage == 1 else STAGE_SEED_OFFSET)
+    variant = 'separate' if stage == 1 else variant
+
+    def supervised(pred, batch, step, key='coords3d_abs'):
+        return losses.metrabs_loss(pred, batch, step, crop_size_px=crop, averaging_matrix=averaging,
+                                   output_key=key, abs_loss_start_step=abs_start)
+
+    def loss_fn(model, batch, step, training):
+        images = tf.cast(batch['image'], tf.float32) / PIXEL_MAX
+        seed_pair = tf.stack([tf.constant(mix_seed, tf.int64), tf.cast(step, tf.int64)])
+        mix = tf.random.stateless_uniform(tf.shape(images)[:1], seed=seed_pair)
+        pred = model(images, batch['intrinsics'], training=training, mix_3d_in_view=mix)
+        if variant == 'hybrid':
+            loss, parts = supervised(pred, batch, step, 'direct_coords3d_abs')
+            latent_loss, _ = supervised(pred, batch, step)
+            teacher = losses.hybrid_teacher_loss(pred['latents3d_abs'] / MM_PER_M,
+                                                 pred['direct_coords3d_abs'] / MM_PER_M, acae, step,
+                                                 start_step=config.hybrid_start_step)
+            loss = loss + latent_loss + config.hybrid_teacher_weight * teacher
+            parts.update(latent_loss=latent_loss, teacher=teacher)
+        else:
+            loss, parts = supervised(pred, batch, step)
+        if variant == 'consistency':
+            consistency = losses.consistency_loss(pred['coords3d_abs'] / MM_PER_M, acae,
+                                                  pred2d=pred['coords2d'] * px_to_box_m)
+            loss = loss + config.consistency_weight * consistency
+            parts['consistency'] = consistency
+        return loss, parts
+
+    return loss_fn
+
+
+# ----------------------------------------------------------------------------------------------
+# Stages
+# ----------------------------------------------------------------------------------------------
+
+def _optimizer(schedule, config: Config):
+    import keras
+    return keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay)
+
+
+def train_config(config: Config, steps: int, seed: int, bn_inference_steps: int = 0):
+    from posekit.train import loop
+    return loop.TrainConfig(total_steps=steps, precision=config.precision, checkpoint_every=config.checkpoint_every,
+                            keep_last=2, log_every=config.log_every, bn_inference_steps=bn_inference_steps,
+                            jit_compile=config.jit_compile, seed=seed, progress=True)
+
+
+def make_dataset_fn(config: Config, streams, space, seed: int):
+    """``dataset_fn(start_step)`` of the multi-dataset training batches (augmented, own-format masked)."""
+    from posekit.data import pipeline
+    from posekit.data.augment import AugmentConfig
+    augment = AugmentConfig() if config.augment else None
+    comp = composition(config)
+
+    def dataset_fn(start_step):
+        return pipeline.interleave_by_composition(streams, comp, seed=seed, start_step=start_step, augment=augment,
+                                                  mirror=space.mirror, mask_to_own_format=True)
+    return dataset_fn
+
+
+def run_stage1(config: Config, space, streams, out: str, seed: int, resume: bool, log):
+    """Trains (or restores) stage 1; returns (model, TrainResult)."""
+    from posekit.train import loop, schedules
+    from posekit.train.precision import policy_scope
+    import keras
+    keras.utils.set_random_seed(seed)
+    with policy_scope(config.precision):
+        model = build_model(config, space)
+        optimizer = _optimizer(schedules.MetrabsSchedule(config.stage1_steps, base=config.base_lr), config)
+    log(f'stage 1: {loop.count_params(model, trainable_only=True)} trainable parameters, '
+        f'{config.stage1_steps} steps of batch {config.batch_size} {composition(config)}')
+    result = loop.train(model, make_loss_fn(config, space, seed, stage=1),
+                        make_dataset_fn(config, streams, space, seed), optimizer,
+                        train_config(config, config.stage1_steps, seed), out_dir=os.path.join(out, 'stage1'),
+                        resume=resume)
+    return model, result
+
+
+def run_stage2(config: Config, variant: str, space, streams, stage1_model, acae, out: str, seed: int,
+               resume: bool, log):
+    """Fine-tunes a copy of the stage-1 weights with ``variant``; returns (model, TrainResult)."""
+    import keras
+    from posekit.train import loop, schedules
+    from posekit.train.precision import policy_scope
+    keras.utils.set_random_seed(seed + STAGE_SEED_OFFSET)
+    with policy_scope(config.precision):
+        backbone = build_backbone(config)
+        backbone.set_weights(stage1_model.backbone.get_weights())
+        head_mode = {'latent': 'latent', 'hybrid': 'hybrid'}.get(variant, 'separate')
+        if head_mode != 'separate':
+            acae.trainable = False
+        model = build_model(config, space, head_mode=head_mode, acae=acae if head_mode != 'separate' else None,
+                            backbone=backbone)
+        if head_mode == 'separate':
+            model.head.set_weights(stage1_model.head.get_weights())
+        else:
+            init_head_from_separate(model.head, stage1_model.head, space.n_joints, acae=acae,
+                                    offset_joints=head_mode == 'hybrid')
+        steps = config.stage2_steps
+        head_ids = {id(v) for v in model.head.trainable_variables}
+        optimizers = [
+            (_optimizer(schedules.FinetuneSchedule(steps, 'head', base=config.stage2_base_lr), config),
+             lambda v: id(v) in head_ids),
+            (_optimizer(schedules.FinetuneSchedule(steps, 'backbone', base=config.stage2_base_lr), config),
+             lambda v: id(v) not in head_ids)]
+    log(f'stage 2 ({variant}): {steps} steps + {config.bn_inference_steps} with BatchNorm in inference mode')
+    result = loop.train(model, make_loss_fn(config, space, seed, stage=2, variant=variant, acae=acae),
+                        make_dataset_fn(config, streams, space, seed + STAGE_SEED_OFFSET), optimizers,
+                        train_config(config, steps, seed + STAGE_SEED_OFFSET, config.bn_inference_steps),
+                        out_dir=os.path.join(out, f'stage2_{variant}'), resume=resume)
+    return model, result
+
+
+def fit_or_load_acae(config: Config, space, pseudo_gt: Dict[str, np.ndarray], out: str, seed: int, log):
+    """The ACAE fitted to the pseudo ground truth (cached in ``<out>/acae.npz``); (layer, info dict)."""
+    from posekit import acae as acae_lib
+    path = os.path.join(out, 'acae.npz')
+    info_path = os.path.join(out, 'acae.json')
+    poses = pseudo_gt['coords3d_abs']
+    key = f'{np.sum(poses, dtype=np.float64):.9e}/{len(poses)}/{config.acae_latents}/{config.acae_steps}'
+    if os.path.isfile(path) and os.path.isfile(info_path):
+        with open(info_path, encoding='utf-8') as f:
+            info = json.load(f)
+        if info.get('pseudo_gt_key') == key:
+            log(f'ACAE: reused {path}')
+            return acae_lib.load_acae(path, expected_joint_names=space.names), info
+    start = time.perf_counter()
+    intrinsics = pseudo_gt['intrinsics'] if config.acae_projected else None
+    layer, history = acae_lib.fit_acae(poses, space, n_latents=config.acae_latents, l1=config.acae_l1,
+                                       steps=config.acae_steps, projected=config.acae_projected,
+                                       intrinsics=intrinsics, seed=seed)
+    acae_lib.save_acae(path, layer, space.names)
+    info = dict(pseudo_gt_key=key, n_latents=config.acae_latents, n_poses=int(len(poses)), steps=config.acae_steps,
+                final_loss_mm=float(history['loss_mm'][-1]),
+                pseudo_gt_residual_mm=float(np.mean(acae_lib.reconstruction_error(layer, poses))),
+                weight_stats=acae_lib.weight_stats(layer), fit_s=round(time.perf_counter() - start, 1))
+    common.write_json(info_path, info)
+    log(f'ACAE: {config.acae_latents} latents fitted to {len(poses)} pseudo-GT poses in {info["fit_s"]} s, '
+        f'residual {info["pseudo_gt_residual_mm"]:.1f} mm')
+    return layer, info
+
+
+# ----------------------------------------------------------------------------------------------
+# Driver
+# ----------------------------------------------------------------------------------------------
+
+def _has_checkpoints(out: str) -> bool:
+    if not os.path.isdir(out):
+        return False
+    for name in os.listdir(out):
+        folder = os.path.join(out, name, 'checkpoints')
+        if (name == 'stage1' or name.startswith('stage2_')) and os.path.isdir(folder) and os.listdir(folder):
+            return True
+    return False
+
+
+class PhaseClock:
+    """Wall-clock and CPU seconds per phase (CPU: this process and its finished child processes).
+
+    On a machine shared with other jobs the wall time grows with the load while the CPU time stays
+    about the same; CPU seconds / 2 bounds the wall time on an idle 2-core machine from below.
+    """
+
+    def __init__(self):
+        self.wall: Dict[str, float] = {}
+        self.cpu: Dict[str, float] = {}
+
+    @staticmethod
+    def cpu_seconds() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        wall, cpu = time.perf_counter(), self.cpu_seconds()
+        try:
+            yield
+        finally:
+            self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - wall
+            self.cpu[name] = self.cpu.get(name, 0.0) + self.cpu_seconds() - cpu
+
+    def summary(self) -> Dict[str, Dict[str, float]]:
+        return {'wall_s': {k: round(v, 1) for k, v in self.wall.items()},
+                'cpu_s': {k: round(v, 1) for k, v in self.cpu.items()}}
+
+
+def run_experiment(config: Config, out: str, seed: int = 0, mocap_dir: Optional[str] = None,
+                   test_mocap_dir: Optional[str] = None, resume: bool = False,
+                   log: Callable[[str], None] = print) -> Dict:
+    """Runs every stage (module docstring); writes results.json, results.md, saved_model/. Returns the results."""
+    if _has_checkpoints(out) and not resume:
+        raise ValueError(f'--out {out!r} already holds checkpoints of a run; pass --resume to continue it '
+                         'or choose a new --out')
+    os.makedirs(out, exist_ok=True)
+    clock = PhaseClock()
+    total_wall, total_cpu = time.perf_counter(), clock.cpu_seconds()
+    data_dir = config.data_dir or os.path.join(out, 'data')
+    with clock.phase('data'):
+        paths = prepare_data(config, data_dir, mocap_dir, test_mocap_dir, log)  # before TensorFlow starts
+
+    from experiments import metrabs_acae_eval as evaluation
+    from posekit.data import pipeline
+
+    space = joint_space()
+    splits = eval_splits(mocap_dir, test_mocap_dir)
+    streams = {name: pipeline.stream_from_shards(p['train']) for name, p in paths.items()}
+    with clock.phase('precision'):  # decided once per --out: a resumed run keeps its policy
+        precision_path = os.path.join(out, 'precision.json')
+        saved = None
+        if resume and os.path.isfile(precision_path):
+            with open(precision_path, encoding='utf-8') as f:
+                saved = json.load(f)
+        if saved is not None and saved.get('requested') == config.precision:
+            policy = saved['policy']
+        else:
+            policy = resolve_precision(config, space, streams, seed, log)
+            common.write_json(precision_path, dict(requested=config.precision, policy=policy))
+        config = dataclasses.replace(config, precision=policy)
+    eval_sources = {split: {name: pipeline.stream_from_shards(p[split]) for name, p in paths.items()}
+                    for split in splits}
+    motion = streams[next(iter(streams))].metadata['motion_source']
+
+    with clock.phase('stage1'):
+        stage1_model, stage1_result = run_stage1(config, space, streams, out, seed, resume, log)
+    with clock.phase('predict'):
+        predict = evaluation.make_predict_fn(stage1_model, config.crop_size)
+        predictions = {'stage1': evaluation.predict_splits(stage1_model, eval_sources, config,
+                                                           os.path.join(out, 'stage1'), predict)}
+    with clock.phase('pseudo_gt'):
+        pseudo_gt = evaluation.pseudo_ground_truth(stage1_model, streams, config, os.path.join(out, 'pseudo_gt.npz'),
+                                                   predict)
+    with clock.phase('acae'):
+        acae, acae_info = fit_or_load_acae(config, space, pseudo_gt, out, seed, log)
+
+    stage2 = {}
+    for variant in config.variants:
+        with clock.phase(f'stage2_{variant}'):
+            model, result = run_stage2(config, variant, space, streams, stage1_model, acae, out, seed, resume, log)
+        with clock.phase('predict'):
+            predictions[variant] = evaluation.predict_splits(model, eval_sources, config,
+                                                             os.path.join(out, f'stage2_{variant}'))
+        stage2[variant] = dict(model=model, result=result)
+
+    with clock.phase('evaluation'):
+        baseline = evaluation.mean_pose_baseline(streams)
+        results = evaluation.evaluate_all(predictions, eval_sources, baseline, space, acae, splits)
+
+    exported = None
+    if config.export:
+        with clock.phase('export'):
+            exported = export(stage2[config.variants[0]]['model'], space, os.path.join(out, 'saved_model'), log)
+    clock.wall['total'] = time.perf_counter() - total_wall
+    clock.cpu['total'] = clock.cpu_seconds() - total_cpu
+
+    training = {'stage1': _training_summary(stage1_result)}
+    training.update({f'stage2_{v}': _training_summary(s['result']) for v, s in stage2.items()})
+    load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else math.nan
+    context = dict(config=dataclasses.asdict(config), seed=seed, mocap_dir=mocap_dir or 'procedural',
+                   test_mocap_dir=test_mocap_dir, motion=motion, data_dir=data_dir,
+                   composition=composition(config), joint_space=list(space.formats), eval_sets=splits,
+                   acae=acae_info, training=training, saved_model=exported, timings=clock.summary(),
+                   machine=dict(cpus=os.cpu_count(), load_average_at_end=round(load, 1)))
+    results['context'] = context
+    common.write_json(os.path.join(out, 'results.json'), results)
+    report = evaluation.markdown_report(results)
+    common.atomic_write_text(os.path.join(out, 'results.md'), report)
+    log(f'wrote {out}/results.json and results.md in {clock.wall["total"]:.0f} s '
+        f'({clock.cpu["total"]:.0f} CPU s)')
+    return results
+
+
+def _training_summary(result) -> Dict:
+    history = result.history
+    last = {k: v[-1] for k, v in history.items() if v}
+    return dict(steps=result.final_step, steps_per_s=result.steps_per_s, wall_time_s=round(result.wall_time_s, 1),
+                policy=result.policy, final=last)
+
+
+def export(model, space, out_dir: str, log) -> Optional[str]:
+    """``posekit.export.export_model`` of ``model`` to ``out_dir``.
+
+    An existing export of the same weights (fingerprint in ``<out_dir>.key``) is kept; any other is replaced.
+    """
+    import shutil
+    from experiments.metrabs_acae_eval import weights_fingerprint
+    from posekit import export as export_lib
+    key_path = out_dir.rstrip(os.sep) + '.key'
+    key = weights_fingerprint(model)
+    if os.path.isfile(os.path.join(out_dir, 'saved_model.pb')) and os.path.isfile(key_path):
+        with open(key_path, encoding='utf-8') as f:
+            if f.read().strip() == key:
+                log(f'SavedModel in {out_dir} is up to date (reused)')
+                return out_dir
+    if os.path.isdir(out_dir):
+        shutil.rmtree(out_dir)
+    if os.path.exists(key_path):
+        os.remove(key_path)
+    path = export_lib.export_model(model, space, out_dir)
+    common.atomic_write_text(key_path, key + '\n')
+    log(f'exported the SavedModel to {path}')
+    return path
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    common.define_common_flags(PRESET_NAMES, 'default', 'runs/metrabs_acae')
+    flags.DEFINE_string('variant', None,
+                        f'Stage-2 variant(s): one of {VARIANTS}, a comma-separated list or "all" '
+                        "(default: the preset's; the first one is exported).")
+    flags.DEFINE_bool('resume', False, 'Continue every stage from its checkpoints in --out.')
+
+
+def main(argv):
+    del argv
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    absl_logging.set_verbosity(absl_logging.WARNING)  # TensorFlow's INFO lines while saving the model
+    config = common.apply_overrides(common.get_preset(PRESETS, FLAGS.preset), FLAGS.set)
+    config = dataclasses.replace(config, variants=parse_variants(FLAGS.variant, config.variants))
+    mocap_dir = common.resolve_mocap_dir(FLAGS['mocap-dir'].value)
+    test_dir = FLAGS['test-mocap-dir'].value
+    if test_dir and not os.path.isdir(test_dir):
+        raise FileNotFoundError(f'--test-mocap-dir {test_dir!r} is not a directory')
+
+    def log(message):
+        print(message, file=sys.stderr, flush=True)
+
+    results = run_experiment(config, FLAGS.out, seed=FLAGS.seed, mocap_dir=mocap_dir, test_mocap_dir=test_dir,
+                             resume=FLAGS.resume, log=log)
+    from experiments import metrabs_acae_eval as evaluation
+    print(evaluation.summary_table(results))
+
+
+if __name__ == '__main__':
+    define_flags()
+    app.run(main)

@@ -1,0 +1,250 @@
+"""Tests of experiments.metrabs_acae: config, head initialisation, losses, reports and one smoke run."""
+import dataclasses
+import json
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from experiments import common
+from experiments import metrabs_acae as mab
+from experiments import metrabs_acae_eval as mab_eval
+from posekit.layers.acae import AffineCombiningAutoencoder
+from posekit.models.metrabs import MetrabsHead, heatmap_to_image, soft_argmax_2d
+
+SMOKE_MAX_SECONDS = 360  # ~1.5 min on a quiet 2-core machine; headroom for a shared one
+
+
+# ------------------------------------------------------------------------------------------- config
+def test_presets_and_config_validation():
+    assert set(mab.PRESETS) == {'smoke', 'default', 'paper'}
+    paper = mab.PRESETS['paper']
+    assert (paper.batch_3d, paper.batch_2d, paper.stage1_steps, paper.stage2_steps) == (96, 32, 400_000, 40_000)
+    assert (paper.backbone, paper.crop_size, paper.base_lr) == ('efficientnetv2-s', 256, 2.12e-4)
+    from posekit.data import pipeline
+    assert mab.composition(paper) == pipeline.COMPOSITIONS['paper']
+    assert mab.composition(mab.PRESETS['default']) == pipeline.COMPOSITIONS['default']
+    with pytest.raises(ValueError, match='stage1_steps must be an int >= 1, received stage1_steps=0'):
+        mab.Config(stage1_steps=0)
+    with pytest.raises(ValueError, match="variants must be distinct names among .*received variants=\\('joint',\\)"):
+        mab.Config(variants=('joint',))
+    with pytest.raises(ValueError, match="precision must be one of .*received precision='half'"):
+        mab.Config(precision='half')
+    with pytest.raises(ValueError, match="unknown config key 'stage3_steps'"):
+        common.apply_overrides(mab.PRESETS['smoke'], ['stage3_steps=5'])
+    changed = common.apply_overrides(mab.PRESETS['smoke'], ['consistency_weight=0.5', 'variants=latent,hybrid'])
+    assert changed.consistency_weight == 0.5 and changed.variants == ('latent', 'hybrid')
+
+
+def test_parse_variants():
+    assert mab.parse_variants(None, ('consistency',)) == ('consistency',)
+    assert mab.parse_variants('all', ()) == mab.VARIANTS
+    assert mab.parse_variants('latent, separate', ()) == ('latent', 'separate')
+    with pytest.raises(ValueError, match="--variant must be \"all\" or names among .*received 'joint'"):
+        mab.parse_variants('joint', ())
+
+
+def test_eval_splits_keep_tuning_and_testing_apart():
+    assert list(mab.eval_splits(None, None)) == ['val', 'test']  # procedural test subjects
+    assert list(mab.eval_splits('cmu_mocap', None)) == ['val']  # the test split would repeat val
+    splits = mab.eval_splits('cmu_mocap', '/data/cmu_mocap_test/')
+    assert list(splits) == ['val', 'test'] and 'cmu_mocap_test' in splits['test']
+
+
+# ------------------------------------------------------------------------------------------- heads
+def _quadratic_head(positions, grid, depth_bins=1, sharpness=0.5):
+    """A separate head whose 2D logits are -sharpness * |cell - position_j|^2 for features [u^2+v^2, u, v, 1]."""
+    n = len(positions)
+    head = MetrabsHead(n, depth_bins=depth_bins, stride=1, name='separate')
+    head.build((None, grid, grid, 4))
+    kernel = np.zeros((1, 1, 4, n * (1 + depth_bins)), np.float32)
+    for j, (a, b) in enumerate(positions):
+        kernel[0, 0, :, j] = sharpness * np.array([-1.0, 2 * a, 2 * b, -(a * a + b * b)])
+    head.conv.set_weights([kernel, np.zeros(kernel.shape[-1], np.float32)])
+    return head
+
+
+def _quadratic_features(grid):
+    v, u = np.meshgrid(np.arange(grid, dtype=np.float32), np.arange(grid, dtype=np.float32), indexing='ij')
+    return tf.constant(np.stack([u * u + v * v, u, v, np.ones_like(u)], -1)[np.newaxis])
+
+
+def test_latent_head_initialisation_puts_latent_peaks_at_the_encoded_positions():
+    grid, n_joints, n_latents = 24, 6, 3
+    rng = np.random.default_rng(0)
+    positions = rng.uniform(8.0, 15.0, (n_joints, 2))
+    separate = _quadratic_head(positions, grid)
+    acae = AffineCombiningAutoencoder(n_latents, chiral=False, n_joints=n_joints, seed=0)
+    acae.build((None, n_joints, 3))
+    latent = MetrabsHead(n_latents, depth_bins=1, stride=1, name='latent')
+    latent.build((None, grid, grid, 4))
+    mab.init_head_from_separate(latent, separate, n_joints, acae=acae)
+    features = _quadratic_features(grid)
+    # The conv of the new head is the old conv followed by W_enc in every heatmap block.
+    old, new = separate.conv(features).numpy(), latent.conv(features).numpy()
+    weights = acae.encoder_weights()
+    for k in range(2):
+        np.testing.assert_allclose(new[..., k * n_latents:(k + 1) * n_latents],
+                                   old[..., k * n_joints:(k + 1) * n_joints] @ weights, rtol=1e-4, atol=1e-3)
+    # For quadratic log-heatmaps the latent's soft-argmax is the affine combination of the joints' positions.
+    peaks = heatmap_to_image(soft_argmax_2d(new[..., :n_latents]), 1).numpy()[0]
+    np.testing.assert_allclose(peaks, weights.T @ positions, atol=0.05)
+
+    hybrid = MetrabsHead(n_latents + n_joints, depth_bins=1, stride=1, name='hybrid')
+    hybrid.build((None, grid, grid, 4))
+    mab.init_head_from_separate(hybrid, separate, n_joints, acae=acae, offset_joints=True)
+    both = hybrid.conv(features).numpy()
+    p = n_latents + n_joints
+    for k in range(2):
+        np.testing.assert_allclose(both[..., k * p + n_latents:(k + 1) * p], old[..., k * n_joints:(k + 1) * n_joints],
+                                   rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(both[..., k * p:k * p + n_latents], new[..., k * n_latents:(k + 1) * n_latents],
+                                   rtol=1e-5, atol=1e-3)
+
+
+# ------------------------------------------------------------------------------------------- losses
+@pytest.fixture(scope='module')
+def tiny():
+    """A 32 px default-recipe setup: config, joint space, a batch of the composition, an ACAE, a backbone."""
+    from tools.benchmark_training import synthetic_batch
+    config = dataclasses.replace(mab.PRESETS['smoke'], crop_size=32, batch_3d=3, batch_2d=1, hybrid_start_step=5)
+    space = mab.joint_space()
+    batch = synthetic_batch(config, space)
+    acae = AffineCombiningAutoencoder(8, joint_info=space, seed=0)
+    acae.build((None, space.n_joints, 3))
+    acae.trainable = False
+    keras.utils.set_random_seed(0)
+    backbone = mab.build_backbone(config)
+    return config, space, batch, acae, backbone
+
+
+@pytest.mark.parametrize('variant', mab.VARIANTS)
+def test_stage2_loss_of_every_variant_is_finite_and_reaches_the_head(tiny, variant):
+    config, space, batch, acae, backbone = tiny
+    head_mode = variant if variant in ('latent', 'hybrid') else 'separate'
+    model = mab.build_model(config, space, head_mode=head_mode, acae=acae if head_mode != 'separate' else None,
+                            backbone=backbone)
+    loss_fn = mab.make_loss_fn(config, space, seed=0, stage=2, variant=variant, acae=acae)
+    with tf.GradientTape() as tape:
+        loss, parts = loss_fn(model, batch, tf.constant(7, tf.int64), True)
+    grads = tape.gradient(loss, model.head.trainable_variables)
+    assert loss.dtype == tf.float32 and np.isfinite(loss.numpy())
+    assert all(g is not None and np.all(np.isfinite(g.numpy())) for g in grads)
+    assert {'meanrel3d', 'proj2d', 'abs3d', 'weak2d'} <= set(parts)
+    assert ('consistency' in parts) == (variant == 'consistency')
+    if variant == 'hybrid':  # the teacher is on from hybrid_start_step (5)
+        assert parts['teacher'].numpy() > 0
+        _, early = loss_fn(model, batch, tf.constant(2, tf.int64), True)
+        assert early['teacher'].numpy() == 0
+    # mix_3d_in_view comes from a stateless generator: the same step gives the same loss.
+    again, _ = loss_fn(model, batch, tf.constant(7, tf.int64), False)
+    repeat, _ = loss_fn(model, batch, tf.constant(7, tf.int64), False)
+    assert again.numpy() == repeat.numpy()
+
+
+def test_loss_fn_needs_the_acae_for_acae_variants(tiny):
+    config, space, *_ = tiny
+    with pytest.raises(ValueError, match="variant='latent' needs the fitted acae"):
+        mab.make_loss_fn(config, space, seed=0, stage=2, variant='latent')
+    with pytest.raises(ValueError, match="variant must be one of .*received variant='joint'"):
+        mab.make_loss_fn(config, space, seed=0, stage=2, variant='joint')
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+class _Source:
+    def __init__(self, coords3d, is_3d):
+        self._arrays = dict(coords3d=coords3d, is_3d=is_3d)
+
+    def arrays(self, fields):
+        return {k: self._arrays[k] for k in fields}
+
+
+def test_mean_pose_baseline_averages_the_3d_training_examples():
+    a = np.ones((4, 3, 3)) * np.arange(4)[:, None, None]  # poses 0, 1, 2, 3
+    b = np.full((2, 3, 3), 100.0)  # a 2D-only dataset: excluded
+    baseline = mab_eval.mean_pose_baseline({'a': _Source(a, np.array([True, True, False, True])),
+                                            'b': _Source(b, np.zeros(2, bool))})
+    np.testing.assert_allclose(baseline, np.full((3, 3), (0 + 1 + 3) / 3))
+
+
+def _fake_results(stage1_mpjpe=50.0, consistency_mpjpe=50.5, residuals=(20.0, 12.0)):
+    def model(mpjpe, residual, offset):
+        return dict(mean=dict(mpjpe=mpjpe), consistency=dict(acae_residual_mm=residual, offset_error_mm=offset))
+    metrics = {'val': {'mean_pose': model(200.0, 5.0, 30.0), 'stage1': model(stage1_mpjpe, residuals[0], 40.0),
+                       'consistency': model(consistency_mpjpe, residuals[1], 30.0)}}
+    return dict(models=['mean_pose', 'stage1', 'consistency'], metrics=metrics)
+
+
+def test_acceptance_checks():
+    checks = {c['check']: c for c in mab_eval.acceptance_checks(_fake_results())}
+    assert all(c['holds'] for c in checks.values()), checks
+    raised = mab_eval.acceptance_checks(_fake_results(consistency_mpjpe=51.5))  # +3 %
+    failing = [c for c in raised if not c['holds']]
+    assert len(failing) == 1 and 'more than 2%' in failing[0]['check'] and '+3.0 %' in failing[0]['evidence']
+    worse = mab_eval.acceptance_checks(_fake_results(residuals=(20.0, 25.0)))
+    assert [c['holds'] for c in worse if 'inconsistency' in c['check']] == [False]
+    weak = mab_eval.acceptance_checks(_fake_results(stage1_mpjpe=150.0))
+    assert not [c for c in weak if 'stage 1 (separate heads) beats' in c['check']][0]['holds']
+
+
+# ------------------------------------------------------------------------------------------- smoke run
+def _flatten(tree, prefix=''):
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f'{prefix}/{key}'))
+        return out
+    return {prefix: tree}
+
+
+def test_smoke_run_end_to_end(metrabs_smoke_run):
+    out, process, seconds = metrabs_smoke_run
+    assert seconds < SMOKE_MAX_SECONDS, f'smoke run took {seconds:.0f} s'
+    assert '| model | MPJPE | PA-MPJPE |' in process.stdout  # the printed results table
+    results = json.loads((out / 'results.json').read_text())
+    assert list(results['eval_sets']) == ['val', 'test']
+    assert results['models'] == ['mean_pose', 'stage1', 'consistency']
+    formats = results['context']['joint_space']
+    assert formats == ['h36m_17', 'smpl_24', 'coco_19', 'mpi_inf_3dhp_17']
+    for split in ('val', 'test'):
+        for name in results['models']:
+            m = results['metrics'][split][name]
+            assert list(m['formats']) == formats
+            for fmt_metrics in m['formats'].values():
+                assert {'mpjpe', 'pa_mpjpe', 'pck@100', 'cps@200', 'abs_mpjpe'} <= set(fmt_metrics)
+                assert all(math.isfinite(v) for v in fmt_metrics.values())
+                assert 0 <= fmt_metrics['pck@100'] <= 1 and fmt_metrics['pa_mpjpe'] <= fmt_metrics['mpjpe'] + 1e-6
+            assert m['consistency']['acae_residual_mm'] > 0 and m['consistency']['offset_error_mm'] > 0
+    assert {c['holds'] for c in results['checks']} <= {True, False}
+    assert any('consistency regularization lowers' in c['check'] for c in results['checks'])
+    training = results['context']['training']
+    assert training['stage1']['steps'] == 40 and training['stage2_consistency']['steps'] == 24  # 20 + 4 BN steps
+    report = (out / 'results.md').read_text()
+    for heading in ('## val:', '## test:', '## Paper trends', '## Acceptance checks', '## Per format'):
+        assert heading in report
+    assert (out / 'saved_model' / 'saved_model.pb').is_file()
+    assert (out / 'stage1' / 'checkpoints').is_dir() and (out / 'stage2_consistency' / 'checkpoints').is_dir()
+    from posekit.acae import load_acae
+    acae = load_acae(out / 'acae.npz', expected_joint_names=mab.joint_space().names)
+    assert acae.n_latents == mab.PRESETS['smoke'].acae_latents
+
+
+def test_smoke_run_refuses_to_overwrite_and_resumes(metrabs_smoke_run, run_metrabs_smoke):
+    out, _, _ = metrabs_smoke_run
+    process, _ = run_metrabs_smoke(out)
+    assert process.returncode != 0 and 'pass --resume' in process.stderr
+    before = json.loads((out / 'results.json').read_text())
+    process, seconds = run_metrabs_smoke(out, '--resume')
+    assert process.returncode == 0, process.stderr[-3000:]
+    for message in ('all 12 shards up to date', 'ACAE: reused', 'is up to date (reused)'):
+        assert message in process.stderr
+    after = json.loads((out / 'results.json').read_text())
+    # Restored stages and cached predictions give the same numbers (the reloaded ACAE's float32 weights
+    # may differ from the fitted layer's in the last bit).
+    flat_before, flat_after = _flatten(before['metrics']), _flatten(after['metrics'])
+    assert flat_before.keys() == flat_after.keys()
+    for key, value in flat_before.items():
+        assert flat_after[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    assert after['context']['training']['stage1']['steps'] == 40
