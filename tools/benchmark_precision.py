@@ -1,0 +1,157 @@
+"""Speed-up of a mixed precision policy over float32 across model sizes (the evidence behind ``choose_policy``).
+
+Usage::
+
+    python -m tools.benchmark_precision                               # GCN lifter and motion VAE sweep
+    python -m tools.benchmark_precision --gcn-channels 64,128,256 --mvae-hidden 256,1024 --batches 64,256
+
+For each model size and batch size, one model per policy is built (same initial weights) and its
+training step (gradient tape, float32 loss, Adam update; ``jit_compile`` off) is timed on a fixed batch.
+Measurements are interleaved in rounds (``--steps`` steps of every policy in turn, ``--rounds`` rounds) so
+a change of machine load hits both alike; the table gives the median step time over rounds, the speed-up
+the model's typical matrix-product width (``posekit.train.precision.typical_gemm_dim``) and the policy
+``choose_policy`` would pick from these times (it measures the same way). Unlike
+``experiments.mixed_precision`` it runs in one process (no per-policy memory peaks) and trains nothing to
+convergence: it is a quick sweep.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+#: Joints of the lifter's skeleton and of the motion model's states (smpl_24: 6 numbers per joint).
+LIFTER_JOINTS = 'h36m_17'
+MOTION_STATE_DIM = 144
+MS_PER_S = 1000.0
+
+
+class _Case:
+    """Model, optimizer and compiled training step of one (model, size, batch, policy)."""
+
+    def __init__(self, kind: str, size: int, batch: int, policy: str, seed: int = 0):
+        import keras
+        import tensorflow as tf
+        from posekit.train import precision
+
+        keras.utils.set_random_seed(seed)
+        rng = np.random.default_rng(seed)
+        with precision.policy_scope(policy):
+            if kind == 'gcn_lifter':
+                from posekit import skeletons
+                from posekit.models.lifting import build_gcn_lifter
+                joints = skeletons.get(LIFTER_JOINTS)
+                model = build_gcn_lifter(joints.adjacency(), channels=size)
+                precision.keep_float32(model)
+                inputs = tf.constant(rng.normal(size=(batch, joints.n_joints, 2)), tf.float32)
+                targets = tf.constant(rng.normal(0.0, 300.0, (batch, joints.n_joints, 3)), tf.float32)
+                self.example = inputs
+
+                def loss_fn():
+                    error = tf.cast(model(inputs, training=True), tf.float32) - targets
+                    return tf.reduce_mean(tf.abs(error))
+            else:
+                from posekit.models.motion_vae import MotionVAE, motion_vae_loss
+                model = MotionVAE(MOTION_STATE_DIM, hidden=size)
+                model.build()
+                batch_inputs = {name: tf.constant(rng.normal(size=(batch, dim)), tf.float32) for name, dim in
+                                (('x_prev', MOTION_STATE_DIM), ('x_next', MOTION_STATE_DIM),
+                                 ('noise', model.latent_dim))}
+                self.example = batch_inputs
+
+                def loss_fn():
+                    return motion_vae_loss(model(batch_inputs, training=True), batch_inputs['x_next'])[0]
+            optimizer = keras.optimizers.Adam(1e-4)
+            optimizer.build(model.trainable_variables)
+        self.model, self.policy = model, policy
+        self.gemm_dim = precision.typical_gemm_dim(precision.gemm_sizes(model, self.example))
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                loss = loss_fn()
+            optimizer.apply(tape.gradient(loss, model.trainable_variables), model.trainable_variables)
+            return loss
+
+        self._step = step
+        with precision.global_policy(policy):
+            step().numpy()  # trace
+            step().numpy()
+
+    def time_steps(self, steps: int) -> float:
+        """Median seconds of ``steps`` training steps."""
+        from posekit.train import precision
+        times = []
+        with precision.global_policy(self.policy):
+            for _ in range(steps):
+                start = time.perf_counter()
+                self._step().numpy()
+                times.append(time.perf_counter() - start)
+        return float(np.median(times))
+
+
+def benchmark(kind: str, size: int, batch: int, policies: Sequence[str], rounds: int, steps: int) -> Dict:
+    """Interleaved timing of one model size under every policy; returns a table row."""
+    from posekit.train.loop import count_params
+    cases = [_Case(kind, size, batch, policy) for policy in policies]
+    medians = {case.policy: [] for case in cases}
+    for _ in range(rounds):
+        for case in cases:
+            medians[case.policy].append(case.time_steps(steps))
+    ms = {policy: float(np.median(values)) * MS_PER_S for policy, values in medians.items()}
+    from posekit.train.precision import decide_policy
+    return dict(kind=kind, size=size, batch=batch, params=count_params(cases[0].model),
+                gemm_dim=cases[0].gemm_dim, ms=ms, speedup=ms[policies[0]] / ms[policies[-1]],
+                choice=decide_policy(ms[policies[0]], ms[policies[-1]], policies[-1]))
+
+
+def format_table(rows: Sequence[Dict], policies: Sequence[str]) -> str:
+    lines = ['| model | size | batch | params | GEMM width | ' + ' | '.join(f'{p} ms' for p in policies)
+             + ' | speed-up | choice |', '|' + '---|' * (7 + len(policies))]
+    for r in rows:
+        lines.append(f'| {r["kind"]} | {r["size"]} | {r["batch"]} | {r["params"] / 1e6:.2f}M | '
+                     f'{r["gemm_dim"]:.0f} | ' + ' | '.join(f'{r["ms"][p]:.1f}' for p in policies)
+                     + f' | {r["speedup"]:.2f} | {r["choice"]} |')
+    return '\n'.join(lines) + '\n'
+
+
+def _ints(text: str) -> List[int]:
+    values = [int(v) for v in text.split(',') if v.strip()]
+    if any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f'expected positive ints, received {text!r}')
+    return values
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--gcn-channels', type=_ints, default=[32, 64, 128, 256],
+                        help='GCN lifter channel counts (empty to skip)')
+    parser.add_argument('--mvae-hidden', type=_ints, default=[128, 256, 512, 1024],
+                        help='motion VAE hidden widths (empty to skip)')
+    parser.add_argument('--batches', type=_ints, default=[64, 256], help='batch sizes')
+    parser.add_argument('--policy', default='auto', help="reduced-precision policy compared with float32 ('auto': "
+                                                        "the machine's)")
+    parser.add_argument('--rounds', type=int, default=3, help='interleaved rounds')
+    parser.add_argument('--steps', type=int, default=5, help='steps per policy per round')
+    args = parser.parse_args(argv)
+    from posekit.train import precision
+    mixed = precision.resolve_policy(precision.auto_policy() if args.policy == 'auto' else args.policy)
+    policies = ('float32', mixed)
+    rows = []
+    for kind, sizes in (('gcn_lifter', args.gcn_channels), ('motion_vae', args.mvae_hidden)):
+        for size in sizes:
+            for batch in args.batches:
+                rows.append(benchmark(kind, size, batch, policies, args.rounds, args.steps))
+                r = rows[-1]
+                print(f'{kind} {size} batch {batch}: GEMM width {r["gemm_dim"]:.0f}, '
+                      f'speed-up {r["speedup"]:.2f}', file=sys.stderr, flush=True)
+    print(format_table(rows, policies))
+    print(f'choice: what precision.choose_policy decides (the mixed policy if >= {precision.MIN_SPEEDUP}x faster).')
+    return rows
+
+
+if __name__ == '__main__':
+    main()
