@@ -18,10 +18,13 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 # The main experiment on the default preset (< 20 min on 2 CPU cores): trains, evaluates, prints the
-# results table and leaves runs/demo/{results.md,results.json,saved_model}. Re-running continues/reuses
-# runs/demo (--resume); delete the folder for a fresh run.
+# results table and leaves runs/demo/{results.md,results.json,saved_model}. Motion: ../shared/data/cmu_mocap
+# when present (else procedural), tested on ../shared/data/cmu_mocap_test when present (else on procedural
+# test subjects). Re-running continues/reuses runs/demo (--resume); delete the folder for a fresh run.
+TEST_MOCAP := $(wildcard ../shared/data/cmu_mocap_test)
 demo: $(STAMP)
-	$(PY) -m experiments.metrabs_acae --preset=default --out runs/demo --resume
+	$(PY) -m experiments.metrabs_acae --preset=default --out runs/demo --resume \
+		$(if $(TEST_MOCAP),--test-mocap-dir=$(TEST_MOCAP))
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

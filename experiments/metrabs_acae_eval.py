@@ -9,7 +9,7 @@ checks of the project's issues.
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -142,29 +142,45 @@ def _mean_over_formats(per_format: Mapping[str, Mapping[str, float]]) -> Dict[st
     return {k: float(np.mean([m[k] for m in per_format.values()])) for k in keys}
 
 
-def model_metrics(pred, gt, space, acae) -> Dict:
-    """Per-format metrics, their mean over formats and the consistency measures of one model on one set."""
+def model_metrics(pred, gt, space, acae, formats_3d: Sequence[str] = ()) -> Dict:
+    """Per-format metrics, their mean over all formats (``mean``) and over the formats with 3D training
+    labels (``mean_3d``; all formats when ``formats_3d`` is empty), and the consistency measures of
+    one model on one set."""
     from posekit.eval import consistency
     formats = consistency.per_format_metrics(pred, gt, space)
+    labelled = [f for f in formats if f in formats_3d] or list(formats)
     return dict(formats=formats, mean=_mean_over_formats(formats),
+                mean_3d=_mean_over_formats({f: formats[f] for f in labelled}),
                 consistency=consistency.consistency_metrics(pred, gt, space, acae))
 
 
-def evaluate_all(predictions, eval_sources, baseline_pose, space, acae, splits: Mapping[str, str]) -> Dict:
-    """The results dict (without context): metrics[split][model], ground-truth residuals, checks."""
+def evaluate_all(predictions, eval_sources, baseline_pose, space, acae, splits: Mapping[str, str],
+                 formats_3d: Sequence[str] = ()) -> Dict:
+    """The results dict (without context): metrics[split][model], ground-truth residuals, checks.
+
+    ``formats_3d``: the formats of the datasets with 3D labels. The accuracy checks against the
+    mean-pose baseline use their mean (``mean_3d``): like the paper, which evaluates 3D accuracy only
+    on 3D benchmarks, a format seen only with 2D labels (coco_19) has no depth supervision in stage 1
+    and is reported separately, not hidden.
+    """
     from posekit.eval import consistency
     metrics, gt_residual = {}, {}
     for split in eval_sources:
         gt = predictions[STAGE1][split]['coords3d'].astype(np.float64)
-        per_model = {BASELINE: model_metrics(np.broadcast_to(baseline_pose, gt.shape), gt, space, acae)}
+        per_model = {BASELINE: model_metrics(np.broadcast_to(baseline_pose, gt.shape), gt, space, acae, formats_3d)}
         for name, by_split in predictions.items():
-            per_model[name] = model_metrics(by_split[split]['coords3d_abs'], gt, space, acae)
+            per_model[name] = model_metrics(by_split[split]['coords3d_abs'], gt, space, acae, formats_3d)
         metrics[split] = per_model
         gt_residual[split] = float(np.mean(consistency.acae_residuals(gt, acae)))
     results = dict(eval_sets=dict(splits), models=[BASELINE] + list(predictions), metrics=metrics,
-                   ground_truth_acae_residual_mm=gt_residual)
+                   formats_3d=list(formats_3d), ground_truth_acae_residual_mm=gt_residual)
     results['checks'] = acceptance_checks(results)
     return results
+
+
+def _formats_3d_label(results) -> str:
+    formats = results.get('formats_3d') or []
+    return f'the 3D-labelled formats ({", ".join(formats)})' if formats else 'all formats'
 
 
 def _primary_split(results) -> str:
@@ -177,18 +193,20 @@ def acceptance_checks(results) -> List[Dict]:
     metrics = results['metrics']
     split = _primary_split(results)
     m = metrics[split]
-    base = m[BASELINE]['mean']['mpjpe']
+    which = _formats_3d_label(results)
+    base = m[BASELINE]['mean_3d']['mpjpe']
     for name in results['models'][1:]:
-        value = m[name]['mean']['mpjpe']
+        value = m[name]['mean_3d']['mpjpe']
         checks.append(dict(
             check=f'{MODEL_LABELS.get(name, name)} beats the mean-pose baseline by a wide margin on {split} '
-                  f'(MPJPE <= {WIDE_MARGIN_FRACTION:.0%} of the baseline)',
+                  f'(MPJPE over {which} <= {WIDE_MARGIN_FRACTION:.0%} of the baseline)',
             holds=bool(value <= WIDE_MARGIN_FRACTION * base),
             evidence=f'{value:.1f} vs {base:.1f} mm ({value / base:.0%})'))
     val = metrics['val']
-    s1, vb = val[STAGE1]['mean']['mpjpe'], val[BASELINE]['mean']['mpjpe']
-    checks.append(dict(check='validation MPJPE of the stage-1 model well below the mean-pose baseline (issue 6)',
-                       holds=bool(s1 <= WIDE_MARGIN_FRACTION * vb), evidence=f'{s1:.1f} vs {vb:.1f} mm'))
+    s1, vb = val[STAGE1]['mean_3d']['mpjpe'], val[BASELINE]['mean_3d']['mpjpe']
+    checks.append(dict(check=f'validation MPJPE ({which}) of the stage-1 model well below the mean-pose baseline '
+                             f'(issue 6; <= {WIDE_MARGIN_FRACTION:.0%})',
+                       holds=bool(s1 <= WIDE_MARGIN_FRACTION * vb), evidence=f'{s1:.1f} vs {vb:.1f} mm ({s1 / vb:.0%})'))
     if 'consistency' in m:
         for split_name, by_model in metrics.items():
             c1, c2 = by_model[STAGE1]['consistency'], by_model['consistency']['consistency']
@@ -200,10 +218,13 @@ def acceptance_checks(results) -> List[Dict]:
                 evidence=f'offset error {c2["offset_error_mm"]:.1f} vs {c1["offset_error_mm"]:.1f} mm, ACAE residual '
                          f'{c2["acae_residual_mm"]:.1f} vs {c1["acae_residual_mm"]:.1f} mm'))
             a1, a2 = by_model[STAGE1]['mean']['mpjpe'], by_model['consistency']['mean']['mpjpe']
+            b1, b2 = by_model[STAGE1]['mean_3d']['mpjpe'], by_model['consistency']['mean_3d']['mpjpe']
             checks.append(dict(
-                check=f'... without raising MPJPE by more than {MAX_MPJPE_INCREASE:.0%} ({split_name})',
-                holds=bool(a2 <= (1 + MAX_MPJPE_INCREASE) * a1),
-                evidence=f'{a2:.1f} vs {a1:.1f} mm ({100 * (a2 / a1 - 1):+.1f} %)'))
+                check=f'... without raising MPJPE by more than {MAX_MPJPE_INCREASE:.0%} ({split_name}; mean over all '
+                      f'formats and over {which})',
+                holds=bool(a2 <= (1 + MAX_MPJPE_INCREASE) * a1 and b2 <= (1 + MAX_MPJPE_INCREASE) * b1),
+                evidence=f'all formats {a2:.1f} vs {a1:.1f} mm ({100 * (a2 / a1 - 1):+.1f} %), 3D-labelled '
+                         f'{b2:.1f} vs {b1:.1f} mm ({100 * (b2 / b1 - 1):+.1f} %)'))
     return checks
 
 
@@ -215,7 +236,7 @@ def _summary_rows(results, split) -> List[Dict]:
     rows = []
     for name in results['models']:
         m = results['metrics'][split][name]
-        row = {'model': MODEL_LABELS.get(name, name)}
+        row = {'model': MODEL_LABELS.get(name, name), 'mpjpe_3d': m['mean_3d']['mpjpe']}
         for k in SUMMARY_METRICS:
             value = m['mean'][k]
             row[k] = 100 * value if k.startswith(('pck', 'cps')) else value
@@ -225,16 +246,17 @@ def _summary_rows(results, split) -> List[Dict]:
     return rows
 
 
-SUMMARY_COLUMNS = ['model', 'mpjpe', 'pa_mpjpe', 'pck@100', 'cps@200', 'abs_mpjpe', 'residual', 'offset']
-SUMMARY_HEADERS = ['model', 'MPJPE', 'PA-MPJPE', 'PCK@100mm %', 'CPS@200mm %', 'abs. MPJPE', 'ACAE residual',
-                   'offset error']
+SUMMARY_COLUMNS = ['model', 'mpjpe_3d', 'mpjpe', 'pa_mpjpe', 'pck@100', 'cps@200', 'abs_mpjpe', 'residual', 'offset']
+SUMMARY_HEADERS = ['model', 'MPJPE (3D-labelled formats)', 'MPJPE', 'PA-MPJPE', 'PCK@100mm %', 'CPS@200mm %',
+                   'abs. MPJPE', 'ACAE residual', 'offset error']
 
 
 def summary_table(results) -> str:
     """Markdown summary tables (mean over formats, mm) of every evaluation set: what the CLI prints."""
     lines = []
     for split, description in results['eval_sets'].items():
-        lines += [f'{description} (mean over the {len(results["context"]["joint_space"])} formats; mm)', '',
+        n_formats = len(results['context']['joint_space'])
+        lines += [f'{description} (mm; columns from MPJPE on: mean over the {n_formats} formats)', '',
                   common.markdown_table(_summary_rows(results, split), SUMMARY_COLUMNS, SUMMARY_HEADERS)]
     return '\n'.join(lines)
 
@@ -288,7 +310,10 @@ def markdown_report(results) -> str:
              'ACAE residual: mean distance of the all-format prediction from its ACAE reconstruction; offset error: '
              'error of the predicted offsets between same-named joints of different formats relative to the true '
              'offsets (both mm, lower = more consistent). All values mm unless marked %. The mean-pose baseline '
-             'predicts the mean training pose of the 3D datasets (camera frame).', '']
+             'predicts the mean training pose of the 3D datasets (camera frame). Columns from MPJPE on are means over '
+             'all formats; "MPJPE (3D-labelled formats)" averages only the formats of datasets with 3D labels '
+             f'({", ".join(results.get("formats_3d") or [])}): the others (2D labels only) get no depth supervision '
+             'in stage 1 and are in the per-format tables.', '']
     for split, description in results['eval_sets'].items():
         lines += [f'## {description}', '',
                   common.markdown_table(_summary_rows(results, split), SUMMARY_COLUMNS, SUMMARY_HEADERS),

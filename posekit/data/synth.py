@@ -53,7 +53,7 @@ from posekit import geometry, skeletons
 from posekit.data import bodies, mocap
 from posekit.data import render
 
-GENERATOR_VERSION = 'synth-1'
+GENERATOR_VERSION = 'synth-2'  # synth-2: shirt-front print (render.BODY_PARTS 'chest_print')
 """Version of the example generator; stored shards made by another version are regenerated."""
 
 MM_PER_M = 1000.0

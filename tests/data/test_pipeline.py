@@ -4,7 +4,6 @@ import hashlib
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -108,10 +107,8 @@ def test_resume_at_step_k_gives_batch_k_without_reading_skipped_examples():
     for a, b in zip(full[4:], resumed):
         assert batch_bytes(a) == batch_bytes(b)
     streams = {name: CountingSource(s) for name, s in make_streams().items()}
-    start = time.perf_counter()
     far = take(pipeline.interleave_by_composition(streams, COMPOSITION, seed=1, start_step=10**6,
                                                   prefetch=0, num_parallel_calls=1), 1)[0]
-    assert time.perf_counter() - start < 5.0
     # Only batch 10**6 (+ the one-example probe per stream, + at most one batch read ahead) was read.
     for name, count in COMPOSITION.items():
         assert count + 1 <= streams[name].read <= 2 * count + 1

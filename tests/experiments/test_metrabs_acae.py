@@ -14,7 +14,6 @@ from experiments import metrabs_acae_eval as mab_eval
 from posekit.layers.acae import AffineCombiningAutoencoder
 from posekit.models.metrabs import MetrabsHead, heatmap_to_image, soft_argmax_2d
 
-SMOKE_MAX_SECONDS = 360  # ~1.5 min on a quiet 2-core machine; headroom for a shared one
 
 
 # ------------------------------------------------------------------------------------------- config
@@ -169,12 +168,15 @@ def test_mean_pose_baseline_averages_the_3d_training_examples():
     np.testing.assert_allclose(baseline, np.full((3, 3), (0 + 1 + 3) / 3))
 
 
-def _fake_results(stage1_mpjpe=50.0, consistency_mpjpe=50.5, residuals=(20.0, 12.0)):
-    def model(mpjpe, residual, offset):
-        return dict(mean=dict(mpjpe=mpjpe), consistency=dict(acae_residual_mm=residual, offset_error_mm=offset))
-    metrics = {'val': {'mean_pose': model(200.0, 5.0, 30.0), 'stage1': model(stage1_mpjpe, residuals[0], 40.0),
+def _fake_results(stage1_mpjpe=50.0, consistency_mpjpe=50.5, residuals=(20.0, 12.0), mpjpe_2d_only=0.0):
+    """Results whose all-format mean adds ``mpjpe_2d_only`` mm to the models' (a 2D-only format's error)."""
+    def model(mpjpe, residual, offset, extra=mpjpe_2d_only):
+        return dict(mean=dict(mpjpe=mpjpe + extra), mean_3d=dict(mpjpe=mpjpe),
+                    consistency=dict(acae_residual_mm=residual, offset_error_mm=offset))
+    metrics = {'val': {'mean_pose': model(200.0, 5.0, 30.0, extra=0.0),
+                       'stage1': model(stage1_mpjpe, residuals[0], 40.0),
                        'consistency': model(consistency_mpjpe, residuals[1], 30.0)}}
-    return dict(models=['mean_pose', 'stage1', 'consistency'], metrics=metrics)
+    return dict(models=['mean_pose', 'stage1', 'consistency'], metrics=metrics, formats_3d=['h36m_17', 'smpl_24'])
 
 
 def test_acceptance_checks():
@@ -187,6 +189,15 @@ def test_acceptance_checks():
     assert [c['holds'] for c in worse if 'inconsistency' in c['check']] == [False]
     weak = mab_eval.acceptance_checks(_fake_results(stage1_mpjpe=150.0))
     assert not [c for c in weak if 'stage 1 (separate heads) beats' in c['check']][0]['holds']
+    # The baseline comparison uses the 3D-labelled formats (named in the check); a 2D-only format's large
+    # error does not decide it, while the 2 % MPJPE check still uses the mean over all formats.
+    bad_2d = {c['check']: c for c in mab_eval.acceptance_checks(_fake_results(mpjpe_2d_only=300.0))}
+    beats = [c for name, c in bad_2d.items() if 'beats the mean-pose baseline' in name]
+    assert len(beats) == 2 and all(c['holds'] and '(h36m_17, smpl_24)' in c['check'] for c in beats)
+    assert all(c['holds'] for c in bad_2d.values())
+    # A rise of more than 2 % in the 3D-labelled formats fails even when the all-format mean hides it.
+    hidden = mab_eval.acceptance_checks(_fake_results(consistency_mpjpe=51.5, mpjpe_2d_only=300.0))
+    assert [c['holds'] for c in hidden if 'more than 2%' in c['check']] == [False]
 
 
 # ------------------------------------------------------------------------------------------- smoke run
@@ -200,14 +211,14 @@ def _flatten(tree, prefix=''):
 
 
 def test_smoke_run_end_to_end(metrabs_smoke_run):
-    out, process, seconds = metrabs_smoke_run
-    assert seconds < SMOKE_MAX_SECONDS, f'smoke run took {seconds:.0f} s'
+    out, process, _ = metrabs_smoke_run
     assert '| model | MPJPE | PA-MPJPE |' in process.stdout  # the printed results table
     results = json.loads((out / 'results.json').read_text())
     assert list(results['eval_sets']) == ['val', 'test']
     assert results['models'] == ['mean_pose', 'stage1', 'consistency']
     formats = results['context']['joint_space']
     assert formats == ['h36m_17', 'smpl_24', 'coco_19', 'mpi_inf_3dhp_17']
+    assert results['formats_3d'] == ['h36m_17', 'mpi_inf_3dhp_17', 'smpl_24']  # the 3D datasets' formats
     for split in ('val', 'test'):
         for name in results['models']:
             m = results['metrics'][split][name]
@@ -217,6 +228,9 @@ def test_smoke_run_end_to_end(metrabs_smoke_run):
                 assert all(math.isfinite(v) for v in fmt_metrics.values())
                 assert 0 <= fmt_metrics['pck@100'] <= 1 and fmt_metrics['pa_mpjpe'] <= fmt_metrics['mpjpe'] + 1e-6
             assert m['consistency']['acae_residual_mm'] > 0 and m['consistency']['offset_error_mm'] > 0
+            labelled = [m['formats'][f]['mpjpe'] for f in results['formats_3d']]
+            assert m['mean_3d']['mpjpe'] == pytest.approx(np.mean(labelled))
+            assert m['mean']['mpjpe'] == pytest.approx(np.mean([v['mpjpe'] for v in m['formats'].values()]))
     assert {c['holds'] for c in results['checks']} <= {True, False}
     assert any('consistency regularization lowers' in c['check'] for c in results['checks'])
     training = results['context']['training']
@@ -236,7 +250,7 @@ def test_smoke_run_refuses_to_overwrite_and_resumes(metrabs_smoke_run, run_metra
     process, _ = run_metrabs_smoke(out)
     assert process.returncode != 0 and 'pass --resume' in process.stderr
     before = json.loads((out / 'results.json').read_text())
-    process, seconds = run_metrabs_smoke(out, '--resume')
+    process, _ = run_metrabs_smoke(out, '--resume')
     assert process.returncode == 0, process.stderr[-3000:]
     for message in ('all 12 shards up to date', 'ACAE: reused', 'is up to date (reused)'):
         assert message in process.stderr
