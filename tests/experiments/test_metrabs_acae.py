@@ -212,7 +212,7 @@ def _flatten(tree, prefix=''):
 
 def test_smoke_run_end_to_end(metrabs_smoke_run):
     out, process, _ = metrabs_smoke_run
-    assert '| model | MPJPE | PA-MPJPE |' in process.stdout  # the printed results table
+    assert '| model | MPJPE (3D-labelled formats) | MPJPE | PA-MPJPE |' in process.stdout  # the printed table
     results = json.loads((out / 'results.json').read_text())
     assert list(results['eval_sets']) == ['val', 'test']
     assert results['models'] == ['mean_pose', 'stage1', 'consistency']
