@@ -262,3 +262,19 @@ def test_smoke_run_refuses_to_overwrite_and_resumes(metrabs_smoke_run, run_metra
     for key, value in flat_before.items():
         assert flat_after[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     assert after['context']['training']['stage1']['steps'] == 40
+
+
+def test_smoke_run_of_the_latent_and_hybrid_variants(run_metrabs_smoke, tmp_path):
+    out = tmp_path / 'latent_hybrid'
+    process, _ = run_metrabs_smoke(out, '--variant=latent,hybrid')
+    assert process.returncode == 0, process.stderr[-3000:]
+    results = json.loads((out / 'results.json').read_text())
+    assert results['models'] == ['mean_pose', 'stage1', 'latent', 'hybrid']
+    for split in ('val', 'test'):
+        m = results['metrics'][split]
+        # Outputs decoded from the ACAE's latent points are nearly affine-consistent by construction:
+        # far below the separate heads' ACAE residual.
+        for variant in ('latent', 'hybrid'):
+            assert m[variant]['consistency']['acae_residual_mm'] < 0.5 * m['stage1']['consistency']['acae_residual_mm']
+    assert (out / 'saved_model' / 'saved_model.pb').is_file()  # the first variant (latent) is exported
+    assert results['context']['training']['stage2_hybrid']['steps'] == 24
