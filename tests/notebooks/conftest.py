@@ -12,6 +12,11 @@ NOTEBOOKS = REPO / 'experiments' / 'notebooks'
 CELL_TIMEOUT_S = 600  # hang guard only, per cell
 
 
+def _is_figure(output: dict) -> bool:
+    """A displayed PNG output."""
+    return output.get('output_type') == 'display_data' and 'image/png' in output.get('data', {})
+
+
 @dataclasses.dataclass
 class ExecutedNotebook:
     """The code cells of an executed notebook and what they printed and plotted."""
@@ -33,11 +38,10 @@ class ExecutedNotebook:
     @property
     def figures(self) -> List[dict]:
         """Displayed PNG outputs."""
-        return [o for o in self.outputs('display_data') if 'image/png' in o.get('data', {})]
+        return [o for c in self.cells for o in c.get('outputs', []) if _is_figure(o)]
 
     def cells_with_figures(self) -> List[dict]:
-        return [c for c in self.cells if any(o.get('output_type') == 'display_data' and 'image/png' in o.get('data', {})
-                                             for o in c.get('outputs', []))]
+        return [c for c in self.cells if any(_is_figure(o) for o in c.get('outputs', []))]
 
 
 @pytest.fixture
