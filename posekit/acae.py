@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 import keras
 
+from posekit import geometry
 from posekit.layers.acae import DEFAULT_L1, AffineCombiningAutoencoder
 
 MM_PER_M = 1000.0
@@ -108,11 +109,13 @@ def _projected_error_m(gt_m, pred_m, focal, valid):
     gt_m, pred_m: [B, J, 3] camera frame, m. focal: [B, 2] (fx, fy), px. valid: [B, J] 0/1.
     """
     min_depth = MIN_DEPTH_MM / MM_PER_M
-    gt_z = tf.maximum(gt_m[..., 2:], min_depth)
-    pred_z = tf.maximum(pred_m[..., 2:], min_depth)
-    f = focal[:, tf.newaxis, :]
+    zero = tf.zeros_like(focal[:, 0])
     # Pixel coordinates up to the principal point (which cancels in the difference).
-    diff_px = (pred_m[..., :2] / pred_z - gt_m[..., :2] / gt_z) * f
+    k = tf.stack([tf.stack([focal[:, 0], zero, zero], -1), tf.stack([zero, focal[:, 1], zero], -1),
+                  tf.stack([zero, zero, zero + 1.0], -1)], -2)
+    diff_px = (geometry.project_tf(pred_m, k, min_depth=min_depth)
+               - geometry.project_tf(gt_m, k, min_depth=min_depth))
+    f = focal[:, tf.newaxis, :]
     mean_depth = (tf.reduce_sum(gt_m[..., 2] * valid, axis=1, keepdims=True)
                   / tf.maximum(tf.reduce_sum(valid, axis=1, keepdims=True), 1.0))
     return _euclidean(diff_px / f * mean_depth[..., tf.newaxis])

@@ -48,7 +48,7 @@ Functions of the exported object
   ``model.skeletons``; ``num_aug`` int32 scalar >= 1. Returns ``{'poses3d': float32 [N, J, 3] mm in the
   camera frame of the image, 'poses2d': float32 [N, J, 2] px}``, the projection of ``poses3d`` with
   the intrinsics (depths clamped to at least ``MIN_PROJECTION_DEPTH_MM`` = 1 mm of
-  :mod:`posekit.models.metrabs`, so points behind the camera stay finite).
+  :mod:`posekit.geometry`, so points behind the camera stay finite).
 - ``estimate_poses_batched(images, boxes, intrinsic_matrix=<default>, skeleton=<default>, num_aug=1)``:
   ``images`` uint8 [B, H, W, 3]; ``boxes`` float32 ``tf.RaggedTensor`` [B, (N_b), 4] (ragged_rank 1);
   ``intrinsic_matrix`` float32 [B, 3, 3] (an all-zero matrix selects the default camera for that
@@ -81,11 +81,11 @@ Method (MeTRAbs test time)
 --------------------------
 For each box a virtual *crop camera* shares the optical centre of the image camera and is turned
 towards the ray of the box centre, upright (its x axis stays perpendicular to the image camera's
-vertical, as in the training crops of :mod:`posekit.data.synth`); its focal length makes the box's
-larger side plus ``box_margin`` fill the ``crop_size`` crop. The image is warped into the crop by the
-homography ``K_crop M K^-1`` (bilinear, ``ImageProjectiveTransformV3`` through
-:func:`posekit.data.augment.warp_images`; with ``antialias_factor`` a > 1 the crop is rendered at a
-times the size and average-pooled). The network's ``coords3d_abs`` (crop camera frame) are rotated
+vertical); its focal length makes the box's larger side plus ``box_margin`` fill the ``crop_size``
+crop. This is :func:`posekit.geometry.crop_camera`, the same function that aims the training crops
+(:mod:`posekit.data.synth`, :mod:`posekit.data.augment`). The image is resampled into the crop by
+:func:`posekit.geometry.warp_to_crop` (bilinear; with ``antialias_factor`` a > 1 the crop is rendered
+at a times the size and average-pooled). The network's ``coords3d_abs`` (crop camera frame) are rotated
 back by ``M^T``; ``poses2d`` is their projection with the image intrinsics. Test-time augmentation
 ``a`` of ``num_aug`` rolls the crop camera about its optical axis by an angle from
 ``linspace(-tta_roll_degrees, +tta_roll_degrees, num_aug)`` (0 when ``num_aug`` is 1) and mirrors it
@@ -107,7 +107,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from posekit.data import augment
+from posekit import geometry
 from posekit.models import metrabs as metrabs_lib
 from posekit.skeletons import JointSpace, get as get_skeleton
 
@@ -117,7 +117,7 @@ DEFAULT_SKELETON = 'h36m_17'
 DEFAULT_FOV_DEGREES = 55.0
 #: Fraction of the box's larger side added around it in the crop; the training crops of
 #: :mod:`posekit.data.synth` frame the person's box with the same margin (``CameraSpec.box_margin``).
-DEFAULT_BOX_MARGIN = 0.2
+DEFAULT_BOX_MARGIN = geometry.DEFAULT_BOX_MARGIN
 #: Largest roll (degrees) of the test-time augmentations (training rolls +-20 degrees by default).
 DEFAULT_TTA_ROLL_DEGREES = 20.0
 #: Default score threshold of ``detect_poses``.
@@ -126,30 +126,11 @@ DEFAULT_DETECTOR_THRESHOLD = 0.3
 PIXEL_MAX = 255.0
 #: Tolerance on the fixed entries (0, 0, 1 and the lower triangle) of an intrinsic matrix.
 INTRINSICS_TOLERANCE = 1e-6
-#: Camera-frame direction of "up" in the image camera (y points down): the crop cameras stay upright.
-CAMERA_UP = (0.0, -1.0, 0.0)
-#: Crop-camera depths are clamped to at least this (normalised units) when fitting the box.
-_MIN_RAY_DEPTH = 1e-6
 
 
 # ----------------------------------------------------------------------------------------------
 # Pure TF geometry (usable eagerly and in graphs)
 # ----------------------------------------------------------------------------------------------
-
-def default_intrinsics(image_height, image_width, fov_degrees=DEFAULT_FOV_DEGREES):
-    """[3, 3] float64 K with ``fov_degrees`` along the larger image side, principal point at the centre.
-
-    Same convention as ``posekit.geometry.Camera.from_fov``: ``f = max(H, W) / 2 / tan(fov / 2)`` px,
-    principal point ``((W - 1) / 2, (H - 1) / 2)`` px.
-    """
-    height = tf.cast(image_height, tf.float64)
-    width = tf.cast(image_width, tf.float64)
-    focal = tf.maximum(height, width) / 2.0 / math.tan(math.radians(fov_degrees) / 2.0)
-    zero, one = tf.zeros_like(focal), tf.ones_like(focal)
-    return tf.stack([tf.stack([focal, zero, (width - 1.0) / 2.0]),
-                     tf.stack([zero, focal, (height - 1.0) / 2.0]),
-                     tf.stack([zero, zero, one])])
-
 
 def tta_params(num_aug, max_roll_degrees=DEFAULT_TTA_ROLL_DEGREES):
     """Rolls [A] (rad, float64) and flips [A] (bool) of ``num_aug`` = A test-time augmentations.
@@ -167,111 +148,30 @@ def tta_params(num_aug, max_roll_degrees=DEFAULT_TTA_ROLL_DEGREES):
     return rolls, flips
 
 
-def _matrices(rows):
-    return tf.stack([tf.stack(r, axis=-1) for r in rows], axis=-2)
-
-
-def _cross(a, b):
-    """Cross product over the last axis (elementwise ops: TFLite has no float64 Cross kernel)."""
-    ax, ay, az = tf.unstack(a, axis=-1)
-    bx, by, bz = tf.unstack(b, axis=-1)
-    return tf.stack([ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx], axis=-1)
-
-
-def crop_cameras(intrinsics, boxes, crop_size, box_margin=DEFAULT_BOX_MARGIN, rolls=None, flips=None):
-    """Crop cameras aimed at person boxes (rotation about the optical centre, MeTRAbs style).
-
-    Args:
-      intrinsics: [T, 3, 3] intrinsic matrices of the images the boxes lie in (px).
-      boxes: [T, 4] boxes (x, y, w, h), px of those images.
-      crop_size: side S of the square crop (px).
-      box_margin: fraction of the box's larger side added around it.
-      rolls: None or [T] rolls about the crop camera's optical axis (rad).
-      flips: None or [T] bool: mirror the crop camera (negate its x axis).
-
-    Returns:
-      (rotation [T, 3, 3], crop_intrinsics [T, 3, 3]), float64: crop-camera points are
-      ``rotation @ p`` for image-camera points p (mm); ``rotation = F Rz(roll) A`` with the upright aim
-      A (z axis through the box centre, x axis perpendicular to the camera's vertical) and
-      F = diag(-1, 1, 1) when flipped; the crop intrinsics have square pixels, no skew and the principal
-      point at the crop centre ((S - 1) / 2, (S - 1) / 2), and the focal length that makes the box
-      (all four corners, seen from the un-rolled crop camera) plus ``box_margin`` fill the crop.
-    """
-    k = tf.cast(intrinsics, tf.float64)
-    boxes = tf.cast(boxes, tf.float64)
-    k_inv = tf.linalg.inv(k)
-    x, y, w, h = tf.unstack(boxes, axis=-1)
-    ones = tf.ones_like(x)
-    zeros = tf.zeros_like(x)
-    centre = tf.stack([x + w / 2.0, y + h / 2.0, ones], axis=-1)
-    forward = tf.linalg.l2_normalize(tf.linalg.matvec(k_inv, centre), axis=-1)
-    up = tf.broadcast_to(tf.constant(CAMERA_UP, tf.float64), tf.shape(forward))
-    right = tf.linalg.l2_normalize(_cross(forward, up), axis=-1)
-    down = _cross(forward, right)
-    aim = tf.stack([right, down, forward], axis=-2)  # rows: crop camera axes in image-camera coords
-
-    corners = tf.stack([tf.stack([x, y, ones], -1), tf.stack([x + w, y, ones], -1),
-                        tf.stack([x, y + h, ones], -1), tf.stack([x + w, y + h, ones], -1)], axis=1)
-    rays = tf.einsum('tki,tci->tck', aim, tf.einsum('tij,tcj->tci', k_inv, corners))  # aimed camera
-    normalized = rays[..., :2] / tf.maximum(rays[..., 2:], _MIN_RAY_DEPTH)
-    extent = 2.0 * tf.reduce_max(tf.abs(normalized), axis=[1, 2])
-    focal = float(crop_size) / (extent * (1.0 + box_margin))
-    centre_px = (float(crop_size) - 1.0) / 2.0
-    crop_k = _matrices([[focal, zeros, centre_px * ones], [zeros, focal, centre_px * ones],
-                        [zeros, zeros, ones]])
-
-    rotation = aim
-    if rolls is not None:
-        roll = tf.cast(rolls, tf.float64)
-        c, s = tf.cos(roll), tf.sin(roll)
-        rotation = _matrices([[c, -s, zeros], [s, c, zeros], [zeros, zeros, ones]]) @ rotation
-    if flips is not None:
-        sign = tf.where(tf.cast(flips, tf.bool), -ones, ones)
-        rotation = _matrices([[sign, zeros, zeros], [zeros, ones, zeros], [zeros, zeros, ones]]) @ rotation
-    return rotation, crop_k
-
-
-def scale_intrinsics(intrinsics, factor):
-    """[..., 3, 3] K of an image resized by the integer ``factor`` (``Camera.scaled_image`` convention)."""
-    k = tf.cast(intrinsics, tf.float64)
-    f = float(factor)
-    scale = tf.constant([[f, f, f], [f, f, f], [0.0, 0.0, 1.0]], tf.float64)
-    offset = tf.constant([[0.0, 0.0, (f - 1.0) / 2.0], [0.0, 0.0, (f - 1.0) / 2.0], [0.0, 0.0, 0.0]],
-                         tf.float64)
-    return k * scale + offset
-
-
-def make_crops(images, image_ids, homography, crop_size, antialias_factor=1):
-    """Warps crops out of images: one [S, S, 3] float32 crop (0-255) per homography.
+def make_crops(images, image_ids, intrinsics, rotation, crop_intrinsics, crop_size, antialias_factor=1):
+    """Cuts one crop per crop camera out of its image with :func:`posekit.geometry.warp_to_crop`.
 
     Args:
       images: [B, H, W, 3] images (uint8 or float32).
       image_ids: [T] int, the image of each crop.
-      homography: [T, 3, 3] maps image px to crop px (for a crop of side ``crop_size``).
+      intrinsics: [T, 3, 3] intrinsics of each crop's image; rotation, crop_intrinsics: [T, 3, 3] crop
+        cameras (:func:`posekit.geometry.crop_camera`).
       crop_size: S (px).
-      antialias_factor: a >= 1: render at a * S px (homography scaled accordingly) and average a x a
-        blocks.
+      antialias_factor: a >= 1 (see ``warp_to_crop``).
 
     Returns:
       [T, S, S, 3] float32 (0-255); outside the image 0.
     """
-    images = tf.cast(images, tf.float32)
-    side = crop_size * antialias_factor
-    if antialias_factor > 1:
-        homography = scale_intrinsics(tf.eye(3, dtype=tf.float64), antialias_factor) @ tf.cast(
-            homography, tf.float64)
+    images = tf.convert_to_tensor(images)
 
     def warp_one(args):
-        image_id, h = args
-        warped = augment.warp_images(images[image_id][tf.newaxis], h[tf.newaxis], (side, side),
-                                     backend='tensorflow')
-        return warped[0]
+        image_id, k, rot, crop_k = args
+        return geometry.warp_to_crop(images[image_id], k, rot, crop_k, crop_size,
+                                     antialias_factor=antialias_factor)
 
-    crops = tf.map_fn(warp_one, (tf.cast(image_ids, tf.int32), tf.cast(homography, tf.float64)),
-                      fn_output_signature=tf.TensorSpec([side, side, 3], tf.float32))
-    if antialias_factor > 1:
-        crops = tf.nn.avg_pool2d(crops, antialias_factor, antialias_factor, 'VALID')
-    return crops
+    return tf.map_fn(warp_one, (tf.cast(image_ids, tf.int32), tf.cast(intrinsics, tf.float64),
+                                tf.cast(rotation, tf.float64), tf.cast(crop_intrinsics, tf.float64)),
+                     fn_output_signature=tf.TensorSpec([crop_size, crop_size, 3], tf.float32))
 
 
 def uncrop_poses(coords, rotation, flips, mirror):
@@ -391,7 +291,7 @@ class PoseEstimatorModule(tf.Module):
         checks = [tf.debugging.assert_all_finite(
             intrinsic_matrix, 'intrinsic_matrix must be finite (omit it, or pass zeros, for the default camera)')]
         is_default = tf.reduce_all(tf.equal(k, 0.0), axis=[-2, -1])
-        default = default_intrinsics(image_height, image_width, self._fov)
+        default = geometry.fov_intrinsics(self._fov, image_height, image_width)
         k = tf.where(is_default[..., tf.newaxis, tf.newaxis], default, k)
         fixed = tf.stack([k[..., 1, 0], k[..., 2, 0], k[..., 2, 1], k[..., 2, 2] - 1.0], axis=-1)
         well_formed = tf.logical_and(
@@ -433,10 +333,9 @@ class PoseEstimatorModule(tf.Module):
         rep_ids = tf.repeat(image_ids, num_aug, axis=0)
         rep_rolls = tf.tile(rolls, [n_boxes])
         rep_flips = tf.tile(flips, [n_boxes])
-        rotation, crop_k = crop_cameras(rep_k, rep_boxes, self._crop_size, self._box_margin,
-                                        rep_rolls, rep_flips)
-        homography = crop_k @ rotation @ tf.linalg.inv(rep_k)
-        crops = make_crops(images, rep_ids, homography, self._crop_size, self._antialias)
+        rotation, crop_k = geometry.crop_camera(rep_k, rep_boxes, self._crop_size, self._box_margin,
+                                                roll=rep_rolls, flip=rep_flips)
+        crops = make_crops(images, rep_ids, rep_k, rotation, crop_k, self._crop_size, self._antialias)
         crop_k32 = tf.cast(crop_k, tf.float32)
         # TF's graph-mode convolution mishandles an empty batch: run at least one (blank) crop.
         n_crops = tf.shape(crops)[0]
@@ -465,7 +364,7 @@ class PoseEstimatorModule(tf.Module):
             box_k = tf.gather(intrinsics, image_ids)
         coords = self._poses_joint_space(images, image_ids, boxes, box_k, num_aug)
         coords = tf.gather(coords, joint_indices, axis=1)
-        poses2d = metrabs_lib.project_to_image(coords, box_k)
+        poses2d = geometry.project_tf(coords, box_k, min_depth=geometry.MIN_PROJECTION_DEPTH_MM)
         return dict(poses3d=tf.cast(coords, tf.float32), poses2d=tf.cast(poses2d, tf.float32))
 
     def _estimate_single(self, image, boxes, intrinsic_matrix, joint_indices, num_aug):

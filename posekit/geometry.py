@@ -17,7 +17,8 @@ Conventions (used by every function here and by the whole project):
   on the way camera -> image and inverted iteratively on the way image -> camera.
 
 NaN points propagate (useful for missing joints); camera parameters must be finite.
-TensorFlow is imported lazily, only by :func:`project_tf` and :func:`unproject_tf`.
+TensorFlow is imported lazily: the camera functions at the end of the module take numpy arrays or TF
+tensors (:func:`crop_camera`, :func:`fov_intrinsics`, ...), the ``*_tf`` ones and :func:`warp_to_crop` TF only.
 """
 
 from __future__ import annotations
@@ -228,14 +229,10 @@ def look_at_rotation(eye, target, world_up=(0, -1, 0)) -> np.ndarray:
     if np.any(np.linalg.norm(forward, axis=-1) == 0):
         raise ValueError(f'target must differ from eye, got eye={eye.tolist()}, target={target.tolist()}')
     forward = _unit(forward, 'target - eye')
-    right = np.cross(forward, up)
-    right_norm = np.linalg.norm(right, axis=-1, keepdims=True)
-    if np.any(right_norm < DEGENERATE_SINE):
+    if np.any(np.linalg.norm(np.cross(forward, up), axis=-1) < DEGENERATE_SINE):
         raise ValueError(f'the viewing direction must not be parallel to world_up={up.tolist()}, '
                          f'got eye={eye.tolist()}, target={target.tolist()}')
-    right = right / right_norm
-    down = np.cross(forward, right)
-    return np.stack(np.broadcast_arrays(right, down, forward), axis=-2)
+    return upright_rotation(forward, up)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -254,9 +251,13 @@ def _padded(d: np.ndarray) -> np.ndarray:
     return np.concatenate([d, np.zeros(_N_DISTORTION_MAX - d.shape[0])])
 
 
-def _distort(xy: np.ndarray, d: np.ndarray, jacobian: bool = False):
-    """OpenCV distortion of normalized points xy [..., 2] with 12 padded coefficients d."""
-    k1, k2, p1, p2, k3, k4, k5, k6, s1, s2, s3, s4 = d
+def _distort(xy, d, jacobian: bool = False):
+    """OpenCV distortion of normalized points xy [..., 2] with 12 padded coefficients d [..., 12].
+
+    numpy or TensorFlow (:func:`array_backend`); ``d``'s leading axes broadcast against ``xy``'s.
+    """
+    xp = array_backend(xy, d)
+    k1, k2, p1, p2, k3, k4, k5, k6, s1, s2, s3, s4 = (d[..., i] for i in range(_N_DISTORTION_MAX))
     u, v = xy[..., 0], xy[..., 1]
     r2 = u * u + v * v
     num = 1.0 + r2 * (k1 + r2 * (k2 + r2 * k3))
@@ -264,7 +265,7 @@ def _distort(xy: np.ndarray, d: np.ndarray, jacobian: bool = False):
     radial = num / den
     thin_x = s1 + s2 * r2
     thin_y = s3 + s4 * r2
-    out = np.stack([u * radial + 2.0 * p1 * u * v + p2 * (r2 + 2.0 * u * u) + r2 * thin_x,
+    out = xp.stack([u * radial + 2.0 * p1 * u * v + p2 * (r2 + 2.0 * u * u) + r2 * thin_x,
                     v * radial + p1 * (r2 + 2.0 * v * v) + 2.0 * p2 * u * v + r2 * thin_y], -1)
     if not jacobian:
         return out
@@ -529,9 +530,7 @@ class Camera:
         if not 0 < fov < 180:
             raise ValueError(f'fov_degrees must be in (0, 180), got {fov}')
         height, width = _imshape(imshape)
-        focal = max(height, width) / 2.0 / np.tan(np.deg2rad(fov) / 2.0)
-        intrinsics = np.array([[focal, 0.0, (width - 1) / 2.0], [0.0, focal, (height - 1) / 2.0], [0, 0, 1]])
-        return cls(optical_center, rot_world_to_cam, intrinsics, None, world_up)
+        return cls(optical_center, rot_world_to_cam, fov_intrinsics(fov, height, width), None, world_up)
 
     # -- point transforms -----------------------------------------------------------------------
 
@@ -874,8 +873,201 @@ def align_scale(pred, gt, mask=None, root_index=None, return_scale: bool = False
 
 
 # ----------------------------------------------------------------------------------------------
-# TensorFlow helpers (distortion-free pinhole model)
+# Camera math for numpy and TensorFlow: projection, field of view, crop cameras, crop warps
 # ----------------------------------------------------------------------------------------------
+#
+# The functions below are the one implementation of each of these for the whole project: training
+# (rendered crops in posekit.data.synth, augmentation in posekit.data.augment, full-image crops of
+# real datasets), the losses, the exported SavedModel (posekit.export) and the tools call them. Those
+# that say "numpy or TensorFlow" run on numpy arrays without importing TensorFlow (rendering workers)
+# and on TF tensors eagerly, inside tf.function and inside Dataset.map (through
+# tf.experimental.numpy, so exported graphs contain plain TF ops).
+
+CAMERA_UP = (0.0, -1.0, 0.0)
+"""'Up' in a camera frame (y points down): crop cameras aimed with it keep the image's horizon."""
+
+MIN_PROJECTION_DEPTH_MM = 1.0
+"""Default minimum depth (mm) of :func:`project_tf` in the losses and the export (points behind the
+camera stay finite)."""
+
+BOX_SIZE_MM = 2200.0
+"""Metric side (mm) that a crop stands for in MeTRAbs: the 3D heatmap cube of
+:mod:`posekit.models.metrabs` and the px-to-metre scale of the 2D losses."""
+
+DEFAULT_BOX_MARGIN = 0.2
+"""Fraction of the box's larger side added around it in a crop (training crops and the export)."""
+
+_MIN_RAY_DEPTH = 1e-6
+_UNDISTORT_ITERATIONS = 20
+
+
+def array_backend(*values):
+    """numpy for numpy arrays / Python numbers, ``tf.experimental.numpy`` when any value is a TF tensor."""
+    import sys
+    tf = sys.modules.get('tensorflow')
+    if tf is not None and any(isinstance(v, (tf.Tensor, tf.Variable)) for v in values):
+        import tensorflow.experimental.numpy as tnp
+        return tnp
+    return np
+
+
+def _as_float64(value, xp):
+    if xp is np:
+        return np.asarray(value, np.float64)
+    import tensorflow as tf
+    return tf.cast(value, tf.float64)
+
+
+def _cross(a, b, xp):
+    """Cross product over the last axis with elementwise ops (TFLite has no float64 Cross kernel)."""
+    return xp.stack([a[..., 1] * b[..., 2] - a[..., 2] * b[..., 1],
+                     a[..., 2] * b[..., 0] - a[..., 0] * b[..., 2],
+                     a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]], -1)
+
+
+def _normalize(v, xp):
+    return v / xp.sqrt(xp.sum(v * v, axis=-1, keepdims=True))
+
+
+def _matvec(matrix, vector, xp):
+    """[..., 3, 3] x [..., 3] -> [..., 3] (broadcasting)."""
+    return xp.sum(matrix * vector[..., None, :], axis=-1)
+
+
+def _matrix3(rows, xp):
+    return xp.stack([xp.stack(row, -1) for row in rows], -2)
+
+
+def fov_intrinsics(fov_degrees, image_height, image_width):
+    """Intrinsic matrix of a distortion-free camera with square pixels from its field of view (numpy or TF).
+
+    Args:
+      fov_degrees: field of view in degrees, measured along the larger image side between the outer
+        edges of the border pixels (scalar or [...]).
+      image_height, image_width: image size in px (scalars or [...]).
+
+    Returns:
+      [..., 3, 3] float64 ``[[f, 0, (W - 1) / 2], [0, f, (H - 1) / 2], [0, 0, 1]]`` with
+      ``f = max(H, W) / 2 / tan(fov / 2)`` px.
+    """
+    xp = array_backend(fov_degrees, image_height, image_width)
+    fov = _as_float64(fov_degrees, xp)
+    height, width = _as_float64(image_height, xp), _as_float64(image_width, xp)
+    focal = xp.maximum(height, width) / 2.0 / xp.tan(fov * (np.pi / 360.0))
+    zero, one = focal * 0.0, focal * 0.0 + 1.0
+    return _matrix3([[focal, zero, (width - 1.0) / 2.0 + zero], [zero, focal, (height - 1.0) / 2.0 + zero],
+                     [zero, zero, one]], xp)
+
+
+def pixels_to_normalized(points2d, intrinsics):
+    """Pixels [..., P, 2] -> normalized camera coordinates [..., P, 2] (x/z, y/z) through K^-1 (numpy or TF).
+
+    ``intrinsics`` [..., 3, 3] (upper triangular, skew allowed) broadcast against the points' leading
+    axes (one K per point set). Closed form (no matrix inverse op, so converters handle it). No lens
+    distortion (see :func:`undistort_normalized_tf`). numpy: float64; TF: the dtype of ``points2d``.
+    """
+    xp = array_backend(points2d, intrinsics)
+    if xp is np:
+        px, k = np.asarray(points2d, np.float64), np.asarray(intrinsics, np.float64)
+    else:  # TF: computed in the dtype of the points (float32 inside networks)
+        import tensorflow as tf
+        px = tf.convert_to_tensor(points2d)
+        k = tf.cast(intrinsics, px.dtype)
+    k = k[..., None, :, :]
+    y = (px[..., 1] - k[..., 1, 2]) / k[..., 1, 1]
+    x = (px[..., 0] - k[..., 0, 2] - k[..., 0, 1] * y) / k[..., 0, 0]
+    return xp.stack([x, y], -1)
+
+
+def normalized_to_pixels(points, intrinsics):
+    """Normalized camera coordinates [..., P, 2] -> pixels [..., P, 2] (numpy or TF); K [..., 3, 3]."""
+    xp = array_backend(points, intrinsics)
+    xy, k = points, intrinsics
+    if xp is np:
+        xy, k = np.asarray(xy), np.asarray(k)
+    else:
+        import tensorflow as tf
+        k = tf.cast(k, xy.dtype)
+    k = k[..., None, :, :]
+    x, y = xy[..., 0], xy[..., 1]
+    return xp.stack([k[..., 0, 0] * x + k[..., 0, 1] * y + k[..., 0, 2], k[..., 1, 1] * y + k[..., 1, 2]], -1)
+
+
+def _padded_coeffs(distortion_coeffs, xp):
+    """[..., n] OpenCV coefficients (n in DISTORTION_LENGTHS) -> [..., 12] float64."""
+    d = _as_float64(distortion_coeffs, xp)
+    n = int(d.shape[-1])
+    if n not in DISTORTION_LENGTHS:
+        raise ValueError(f'distortion_coeffs must have {DISTORTION_LENGTHS} coefficients in the last axis, '
+                         f'got shape {tuple(d.shape)}')
+    if n == _N_DISTORTION_MAX:
+        return d
+    return xp.concatenate([d, d[..., :1] * 0.0 + xp.zeros(_N_DISTORTION_MAX - n)], axis=-1)
+
+
+def distort_normalized_tf(points, distortion_coeffs):
+    """OpenCV distortion of normalized points [..., P, 2] with coefficients [..., n] (numpy or TF)."""
+    xp = array_backend(points, distortion_coeffs)
+    d = _padded_coeffs(distortion_coeffs, xp)[..., None, :]
+    return _distort(_as_float64(points, xp), d)
+
+
+def undistort_normalized_tf(points, distortion_coeffs, iterations: int = _UNDISTORT_ITERATIONS):
+    """Inverse of :func:`distort_normalized_tf` by a fixed number of Newton steps (numpy or TF, graph-safe).
+
+    For the distortions of real lenses inside the image this converges to machine precision in a few
+    steps; :func:`undistort_normalized` is the safeguarded numpy version (NaN where it fails).
+
+    Args:
+      points: [..., P, 2] distorted normalized coordinates.
+      distortion_coeffs: [..., n] OpenCV coefficients, one set per point set.
+    """
+    xp = array_backend(points, distortion_coeffs)
+    d = _padded_coeffs(distortion_coeffs, xp)[..., None, :]
+    target = _as_float64(points, xp)
+    x = target
+    for _ in range(iterations):
+        value, (j00, j01, j10, j11) = _distort(x, d, jacobian=True)
+        rx, ry = value[..., 0] - target[..., 0], value[..., 1] - target[..., 1]
+        det = j00 * j11 - j01 * j10
+        det = xp.where(xp.abs(det) > _SINGULAR_JACOBIAN, det, 1.0)
+        x = x - xp.stack([(j11 * rx - j01 * ry) / det, (j00 * ry - j10 * rx) / det], -1)
+    return x
+
+
+def project_tf(points_cam, intrinsics, distortion_coeffs=None, min_depth=None):
+    """Projection of camera-frame points to pixels in TensorFlow (the project's one projection).
+
+    Args:
+      points_cam: [B..., M..., 3] camera-frame points (mm), float tensor.
+      intrinsics: [B..., 3, 3] intrinsic matrices (px) whose batch shape is a prefix of the points'
+        batch shape (e.g. points [batch, joints, 3] with intrinsics [batch, 3, 3] or [3, 3]).
+      distortion_coeffs: None, or [B..., n] OpenCV coefficients (n in 4, 5, 8, 12) with the batch
+        shape of ``intrinsics``: the lens distortion is applied to the normalized coordinates.
+      min_depth: None, or the smallest depth (mm) divided by: points closer or behind the camera are
+        projected as if at this depth (finite results; e.g. :data:`MIN_PROJECTION_DEPTH_MM`).
+
+    Returns:
+      [B..., M..., 2] pixels, in the dtype of ``points_cam``.
+    """
+    import tensorflow as tf
+    points = tf.convert_to_tensor(points_cam)
+    if points.shape.rank is None or points.shape[-1] != 3:
+        raise ValueError(f'points_cam must have shape [..., 3], got shape {points.shape}')
+    fx, skew, cx, fy, cy = _intrinsics_entries_tf(intrinsics, points.shape.rank, points.dtype)
+    depth = points[..., 2]
+    if min_depth is not None:
+        depth = tf.maximum(depth, tf.cast(min_depth, points.dtype))
+    x = points[..., 0] / depth
+    y = points[..., 1] / depth
+    if distortion_coeffs is not None:
+        d = _padded_coeffs(tf.convert_to_tensor(distortion_coeffs), array_backend(points))
+        for _ in range(points.shape.rank - 1 - (d.shape.rank - 1)):
+            d = d[..., tf.newaxis, :]
+        xy = _distort(tf.cast(tf.stack([x, y], -1), tf.float64), d)
+        x, y = tf.cast(xy[..., 0], points.dtype), tf.cast(xy[..., 1], points.dtype)
+    return tf.stack([fx * x + skew * y + cx, fy * y + cy], axis=-1)
+
 
 def _intrinsics_entries_tf(intrinsics, points_rank: int, dtype):
     import tensorflow as tf
@@ -894,27 +1086,6 @@ def _intrinsics_entries_tf(intrinsics, points_rank: int, dtype):
         return e
 
     return entry(0, 0), entry(0, 1), entry(0, 2), entry(1, 1), entry(1, 2)
-
-
-def project_tf(points_cam, intrinsics):
-    """Pinhole projection in TensorFlow (no distortion).
-
-    Args:
-      points_cam: [B..., M..., 3] camera-frame points (mm), float tensor.
-      intrinsics: [B..., 3, 3] intrinsic matrices (px) whose batch shape is a prefix of the points'
-        batch shape (e.g. points [batch, joints, 3] with intrinsics [batch, 3, 3] or [3, 3]).
-
-    Returns:
-      [B..., M..., 2] pixels, in the dtype of ``points_cam``.
-    """
-    import tensorflow as tf
-    points = tf.convert_to_tensor(points_cam)
-    if points.shape.rank is None or points.shape[-1] != 3:
-        raise ValueError(f'points_cam must have shape [..., 3], got shape {points.shape}')
-    fx, skew, cx, fy, cy = _intrinsics_entries_tf(intrinsics, points.shape.rank, points.dtype)
-    x = points[..., 0] / points[..., 2]
-    y = points[..., 1] / points[..., 2]
-    return tf.stack([fx * x + skew * y + cx, fy * y + cy], axis=-1)
 
 
 def unproject_tf(points2d, depth, intrinsics):
@@ -938,3 +1109,257 @@ def unproject_tf(points2d, depth, intrinsics):
     x = (points[..., 0] - cx - skew * y) / fx
     z = tf.broadcast_to(z, tf.shape(x))
     return tf.stack([x * z, y * z, z], axis=-1)
+
+
+def points_in_image(coords2d, image_size, margin_px):
+    """[B, J] bool (TF): pixels [B, J, 2] lie inside the image shrunk by ``margin_px`` on every side.
+
+    ``image_size``: (height, width) px. Inside means ``margin <= coord <= size - 1 - margin`` on both
+    axes (pixel centres at integers).
+    """
+    import tensorflow as tf
+    size = tf.cast(tf.stack([image_size[1], image_size[0]]), coords2d.dtype)  # (width, height)
+    margin = tf.cast(margin_px, coords2d.dtype)
+    inside = tf.logical_and(coords2d >= margin, coords2d <= size - 1.0 - margin)
+    return tf.reduce_all(inside, axis=-1)
+
+
+def upright_rotation(forward, up):
+    """Rotation of an upright camera looking along ``forward`` (numpy or TF; the one aiming rule).
+
+    Args:
+      forward: [..., 3] viewing direction (any length > 0) in some frame.
+      up: [3] or [..., 3] the 'up' direction in the same frame (e.g. the world's up, or
+        :data:`CAMERA_UP` in a camera frame).
+
+    Returns:
+      [..., 3, 3] float64 rotation whose rows are the new camera's x (right, perpendicular to ``up``),
+      y (down, negative component along ``up``) and z (``forward``) axes in that frame. Undefined
+      (NaN) when ``forward`` is parallel to ``up``; :func:`look_at_rotation` checks.
+    """
+    xp = array_backend(forward, up)
+    f = _normalize(_as_float64(forward, xp), xp)
+    u = _as_float64(up, xp) + f * 0.0
+    right = _normalize(_cross(f, u, xp), xp)
+    down = _cross(f, right, xp)
+    return xp.stack([right, down, f], -2)
+
+
+def roll_flip_rotation(rotation, roll=None, flip=None):
+    """``F Rz(roll) rotation`` (numpy or TF): roll about the optical axis (rad), then mirror the x axis.
+
+    ``rotation`` [..., 3, 3]; ``roll`` None or [...] rad; ``flip`` None or [...] bool (F = diag(-1, 1, 1)).
+    New camera-frame points are ``F Rz(roll) rotation p``.
+    """
+    xp = array_backend(rotation, roll, flip)
+    rot = _as_float64(rotation, xp)
+    if roll is not None:
+        angle = _as_float64(roll, xp)
+        c, s = xp.cos(angle), xp.sin(angle)
+        zero, one = angle * 0.0, angle * 0.0 + 1.0
+        rot = xp.matmul(_matrix3([[c, -s, zero], [s, c, zero], [zero, zero, one]], xp), rot)
+    if flip is not None:
+        sign = _as_float64(xp.where(xp.asarray(flip, dtype=bool), -1.0, 1.0), xp)
+        rot = xp.concatenate([rot[..., :1, :] * sign[..., None, None], rot[..., 1:, :]], axis=-2)
+    return rot
+
+
+def crop_camera(intrinsics, boxes, crop_size, box_margin=DEFAULT_BOX_MARGIN, distortion_coeffs=None,
+                up=CAMERA_UP, roll=None, flip=None, zoom=None, shift=None):
+    """The crop camera aimed at a person box: the one crop-aiming function (numpy or TF).
+
+    A virtual camera shares the optical centre of the image camera and is turned (upright with respect
+    to ``up``) towards the ray through the box centre, moved by ``shift``; its focal length makes the
+    box (its four corners, seen from an upright camera aimed at the box centre) plus ``box_margin``
+    fill the square crop, times ``zoom``; then it is rolled about its optical axis and mirrored (:func:`roll_flip_rotation`).
+    Training crops (:mod:`posekit.data.synth`, :mod:`posekit.data.augment`, full-image datasets) and the
+    exported model (:mod:`posekit.export`) all aim their crops with this function.
+
+    Args:
+      intrinsics: [..., 3, 3] intrinsic matrices of the images the boxes lie in (px).
+      boxes: [..., 4] boxes (x, y, w, h), px of those images (of the distorted image when
+        ``distortion_coeffs`` are given).
+      crop_size: side S of the square crop (px).
+      box_margin: fraction of the box's larger side added around it.
+      distortion_coeffs: None or [..., n] OpenCV coefficients of the images: box centre and corners are
+        undistorted before aiming.
+      up: [3] or [..., 3] up direction in the image camera frame (default :data:`CAMERA_UP`; with
+        extrinsics, ``R @ world_up``).
+      roll: None or [...] roll about the crop camera's optical axis (rad).
+      flip: None or [...] bool: mirror the crop camera (negate its x axis).
+      zoom: None or [...] factor on the fitted focal length (> 1 magnifies).
+      shift: None or [..., 2] aim-point offset from the box centre, in fractions of the box's larger side.
+
+    Returns:
+      (rotation [..., 3, 3], crop_intrinsics [..., 3, 3]), float64: crop-camera points are
+      ``rotation @ p`` for image-camera points p (mm); the crop intrinsics have square pixels, no skew
+      and the principal point at the crop centre ((S - 1) / 2, (S - 1) / 2).
+    """
+    xp = array_backend(intrinsics, boxes, distortion_coeffs, roll, flip, zoom, shift)
+    k = _as_float64(intrinsics, xp)
+    boxes = _as_float64(boxes, xp)
+    x, y, w, h = boxes[..., 0], boxes[..., 1], boxes[..., 2], boxes[..., 3]
+    cx, cy = x + w / 2.0, y + h / 2.0
+    sx, sy = cx, cy
+    if shift is not None:
+        side = xp.maximum(w, h)
+        offset = _as_float64(shift, xp)
+        sx, sy = cx + offset[..., 0] * side, cy + offset[..., 1] * side
+    # Box centre, aim point and the four corners, [..., 6, 2] px -> normalized (undistorted) coordinates.
+    pixels = xp.stack([xp.stack([cx, cy], -1), xp.stack([sx, sy], -1), xp.stack([x, y], -1),
+                       xp.stack([x + w, y], -1), xp.stack([x, y + h], -1), xp.stack([x + w, y + h], -1)], -2)
+    normalized = pixels_to_normalized(pixels, k)
+    if distortion_coeffs is not None:
+        normalized = undistort_normalized_tf(normalized, distortion_coeffs)
+    rays = xp.concatenate([normalized, normalized[..., :1] * 0.0 + 1.0], -1)
+    # The scale comes from the box seen by a camera aimed at its centre (a shift moves the crop window
+    # without changing the scale); the crop camera is aimed at the (shifted) aim point.
+    centred = upright_rotation(rays[..., 0, :], up)
+    seen = xp.sum(centred[..., None, :, :] * rays[..., 2:, None, :], axis=-1)  # [..., 4, 3]
+    extent = 2.0 * xp.max(xp.abs(seen[..., :2] / xp.maximum(seen[..., 2:], _MIN_RAY_DEPTH)), axis=(-2, -1))
+    aim = upright_rotation(rays[..., 1, :], up)
+    focal = float(crop_size) / (extent * (1.0 + box_margin))
+    if zoom is not None:
+        focal = focal * _as_float64(zoom, xp)
+    zero, one = focal * 0.0, focal * 0.0 + 1.0
+    centre = (float(crop_size) - 1.0) / 2.0 + zero
+    crop_k = _matrix3([[focal, zero, centre], [zero, focal, centre], [zero, zero, one]], xp)
+    return roll_flip_rotation(aim, roll, flip), crop_k
+
+
+def crop_homography(intrinsics, rotation, crop_intrinsics):
+    """[..., 3, 3] homography image px -> crop px, ``K' R K^-1`` normalized to H[2, 2] = 1 (numpy or TF).
+
+    Exact for distortion-free images (a camera rotating about its centre).
+    """
+    xp = array_backend(intrinsics, rotation, crop_intrinsics)
+    k = _as_float64(intrinsics, xp)
+    fx, s, cx, fy, cy = k[..., 0, 0], k[..., 0, 1], k[..., 0, 2], k[..., 1, 1], k[..., 1, 2]
+    zero, one = fx * 0.0, fx * 0.0 + 1.0
+    k_inv = _matrix3([[1.0 / fx, -s / (fx * fy), (s * cy - cx * fy) / (fx * fy)],
+                      [zero, 1.0 / fy, -cy / fy], [zero, zero, one]], xp)
+    h = xp.matmul(xp.matmul(_as_float64(crop_intrinsics, xp), _as_float64(rotation, xp)), k_inv)
+    return h / h[..., 2:, 2:]
+
+
+def apply_homography(homography, points2d):
+    """[B, 3, 3] homographies applied to [B, J, 2] pixels -> [B, J, 2] (TF; dtype of ``points2d``)."""
+    import tensorflow as tf
+    points = tf.convert_to_tensor(points2d)
+    h = tf.cast(homography, tf.float64)
+    p = tf.cast(points, tf.float64)
+    hom = tf.concat([p, tf.ones_like(p[..., :1])], axis=-1)
+    out = tf.einsum('bij,bkj->bki', h, hom)
+    return tf.cast(out[..., :2] / out[..., 2:], points.dtype)
+
+
+def scale_intrinsics(intrinsics, factor):
+    """[..., 3, 3] K of an image resized by ``factor`` (``Camera.scaled_image`` convention; numpy or TF)."""
+    xp = array_backend(intrinsics)
+    k = _as_float64(intrinsics, xp)
+    f = float(factor)
+    scale = np.array([[f, f, f], [f, f, f], [0.0, 0.0, 1.0]])
+    offset = np.array([[0.0, 0.0, (f - 1.0) / 2.0], [0.0, 0.0, (f - 1.0) / 2.0], [0.0, 0.0, 0.0]])
+    return k * scale + offset
+
+
+def _bilinear_sample(image, x, y):
+    """Bilinear samples of ``image`` [H, W, C] float32 at pixel coordinates x, y [...]; 0 outside."""
+    import tensorflow as tf
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    channels = image.shape[-1] if image.shape[-1] is not None else tf.shape(image)[2]
+    flat = tf.reshape(image, [-1, channels])
+    x0, y0 = tf.floor(x), tf.floor(y)
+    wx, wy = x - x0, y - y0
+    x0, y0 = tf.cast(x0, tf.int32), tf.cast(y0, tf.int32)
+    result = 0.0
+    for dx, dy, weight in ((0, 0, (1 - wx) * (1 - wy)), (1, 0, wx * (1 - wy)), (0, 1, (1 - wx) * wy),
+                           (1, 1, wx * wy)):
+        xi, yi = x0 + dx, y0 + dy
+        inside = (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
+        index = tf.clip_by_value(yi, 0, height - 1) * width + tf.clip_by_value(xi, 0, width - 1)
+        taps = tf.gather(flat, index)
+        result += taps * tf.expand_dims(tf.where(inside, weight, 0.0), -1)
+    return result
+
+
+def crop_source_pixels(intrinsics, rotation, crop_intrinsics, crop_size, distortion_coeffs=None):
+    """Where each crop pixel comes from: [S, S, 2] float64 pixel coordinates (x, y) in the image (TF).
+
+    The ray of crop pixel (col, row) through the crop camera (``crop_intrinsics``) is rotated into the
+    image camera (``rotation^T``), distorted with ``distortion_coeffs`` (OpenCV model) and projected
+    with ``intrinsics``. Rays behind the image camera get coordinates far outside any image.
+
+    Args:
+      intrinsics, rotation, crop_intrinsics: [3, 3] (image K, image->crop rotation, crop K).
+      crop_size: S (px, Python int).
+      distortion_coeffs: None or [n] OpenCV coefficients of the image.
+    """
+    import tensorflow as tf
+    side = int(crop_size)
+    grid = tf.range(side, dtype=tf.float64)
+    gy, gx = tf.meshgrid(grid, grid, indexing='ij')
+    pixels = tf.reshape(tf.stack([gx, gy], -1), [-1, 2])
+    normalized = pixels_to_normalized(pixels, tf.cast(crop_intrinsics, tf.float64))
+    rays = tf.concat([normalized, tf.ones_like(normalized[:, :1])], -1)
+    in_image = tf.linalg.matvec(tf.cast(rotation, tf.float64), rays, transpose_a=True)  # R^T ray
+    depth = in_image[:, 2]
+    xy = in_image[:, :2] / tf.maximum(depth, _MIN_RAY_DEPTH)[:, None]
+    if distortion_coeffs is not None:
+        xy = distort_normalized_tf(xy, distortion_coeffs)
+    source = normalized_to_pixels(xy, tf.cast(intrinsics, tf.float64))
+    source = tf.where((depth > _MIN_RAY_DEPTH)[:, None], source, tf.constant(-1e6, tf.float64))
+    return tf.reshape(source, [side, side, 2])
+
+
+def warp_to_crop(image, intrinsics, rotation, crop_intrinsics, crop_size, distortion_coeffs=None,
+                 antialias_factor: int = 1):
+    """Cuts the crop of :func:`crop_camera` out of an image (TF; tf.data and exported graphs).
+
+    The image is sampled bilinearly at :func:`crop_source_pixels` (0 outside the image and behind the
+    camera): with ``distortion_coeffs`` the crop is undistorted exactly (the crop camera is a pinhole).
+    With ``antialias_factor`` a > 1 the crop is rendered at a times the size and a x a blocks averaged.
+
+    Args:
+      image: [H, W, C] image (uint8 or float).
+      intrinsics: [3, 3] image intrinsics (px); rotation, crop_intrinsics: [3, 3] from :func:`crop_camera`.
+      crop_size: S (px, Python int).
+      distortion_coeffs: None or [n] OpenCV coefficients of the image.
+      antialias_factor: a >= 1 (Python int).
+
+    Returns:
+      [S, S, C] float32 in the image's value range.
+    """
+    import tensorflow as tf
+    image = tf.convert_to_tensor(image)
+    factor = int(antialias_factor)
+    if factor < 1:
+        raise ValueError(f'antialias_factor must be an int >= 1, got {antialias_factor!r}')
+    side = int(crop_size) * factor
+    crop_k = crop_intrinsics if factor == 1 else scale_intrinsics(tf.cast(crop_intrinsics, tf.float64), factor)
+    source = tf.cast(crop_source_pixels(intrinsics, rotation, crop_k, side, distortion_coeffs), tf.float32)
+    crop = _bilinear_sample(tf.cast(image, tf.float32), source[..., 0], source[..., 1])
+    if factor > 1:
+        crop = tf.nn.avg_pool2d(crop[tf.newaxis], factor, factor, 'VALID')[0]
+    if image.shape.rank == 3 and image.shape[-1] is not None:
+        crop.set_shape([int(crop_size), int(crop_size), image.shape[-1]])
+    return crop
+
+
+def warp_homography_tf(images, homography, output_shape, fill_mode='constant', fill_value=0.0,
+                       interpolation='bilinear'):
+    """Warps a batch of images [B, H, W, C] by homographies [B, 3, 3] (input px -> output px) in TF.
+
+    ``ImageProjectiveTransformV3`` (pixel centres at integer coordinates); float32 result of shape
+    [B, out_h, out_w, C].
+    """
+    import tensorflow as tf
+    homography = tf.cast(homography, tf.float64)
+    out_shape = tf.stack([tf.cast(s, tf.int32) for s in output_shape])
+    inverse = tf.linalg.inv(homography)
+    inverse = inverse / inverse[:, 2:, 2:]
+    transforms = tf.cast(tf.reshape(inverse, [-1, 9])[:, :8], tf.float32)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=tf.cast(images, tf.float32), transforms=transforms, output_shape=out_shape,
+        fill_value=tf.constant(fill_value, tf.float32),
+        interpolation=interpolation.upper(), fill_mode=fill_mode.upper())

@@ -124,13 +124,8 @@ class JointInfo:
         return adj
 
     def side(self) -> np.ndarray:
-        """[n_joints] int: -1 left, +1 right, 0 centre (from the mirror permutation)."""
-        mirror = self.mirror
-        out = np.zeros(self.n_joints, np.int64)
-        for i, n in enumerate(self.names):
-            if mirror[i] != i:
-                out[i] = -1 if n[0] == 'l' else 1
-        return out
+        """[n_joints] int: -1 left, +1 right, 0 centre (:func:`joint_sides` of the names)."""
+        return joint_sides(self.names)
 
     def subset(self, joint_names: Sequence[str], name: str | None = None) -> 'JointInfo':
         """The format restricted to ``joint_names`` (order kept as given).
@@ -150,6 +145,21 @@ class JointInfo:
                 p = self.parents[p]
             parents.append(-1 if p == -1 else new_index[p])
         return JointInfo(name or f'{self.name}_subset', tuple(joint_names), tuple(parents))
+
+
+def joint_sides(joint_names: Sequence[str]) -> np.ndarray:
+    """[J] int: -1 left, +1 right, 0 centre, from joint names (the one left/right rule of posekit).
+
+    A joint is sided when its name starts with ``l`` or ``r`` and the name with the other prefix is in
+    the list too (``lsho``/``rsho``); anything else (``lowerback``, ``pelv``) is a centre joint.
+    """
+    names = list(joint_names)
+    present = set(names)
+    sides = np.zeros(len(names), np.int64)
+    for i, name in enumerate(names):
+        if name[:1] in ('l', 'r') and ('r' if name[0] == 'l' else 'l') + name[1:] in present:
+            sides[i] = -1 if name[0] == 'l' else 1
+    return sides
 
 
 def _make(name: str, spec: str) -> JointInfo:

@@ -3,7 +3,7 @@
 One tiny random Metrabs (mobile_small at 64 px) is exported once per module (with a fake person
 detector) and once more without a detector and with antialiasing. The exported functions are
 compared with an independent reference built from ``posekit.geometry`` (numpy crop cameras), the
-shared TF warp (``posekit.data.augment.warp_images``) and the in-process Keras model, run in graph
+shared crop warp (``posekit.geometry.warp_to_crop``) and the in-process Keras model, run in graph
 mode like the export (eager Keras kernels round differently, see the note in ``_run_model``).
 """
 import dataclasses
@@ -93,30 +93,30 @@ def reference_poses(run_model, image, boxes, intrinsics, skeleton, num_aug=1, an
     rolls = np.radians(np.linspace(-roll_degrees, roll_degrees, num_aug)) if num_aug > 1 else np.zeros(1)
     flips = (np.arange(num_aug) - num_aug // 2) % 2 == 1
     k_inv = np.linalg.inv(intrinsics)
-    rotations, crop_ks, homographies = [], [], []
+    rotations, crop_ks = [], []
     for x, y, w, h in boxes:
         aim = geometry.look_at_rotation(np.zeros(3), k_inv @ [x + w / 2, y + h / 2, 1.0], world_up=(0, -1, 0))
         corners = np.array([[x, y, 1], [x + w, y, 1], [x, y + h, 1], [x + w, y + h, 1]]) @ k_inv.T @ aim.T
         extent = 2 * np.max(np.abs(corners[:, :2] / corners[:, 2:]))
         focal = CROP / (extent * (1 + margin))
         crop_k = np.array([[focal, 0, (CROP - 1) / 2], [0, focal, (CROP - 1) / 2], [0, 0, 1]])
-        big_k = geometry.Camera(intrinsic_matrix=crop_k).scaled_image(antialias).intrinsic_matrix
         for roll, flip in zip(rolls, flips):
             rotation = np.diag([-1.0 if flip else 1.0, 1, 1]) @ geometry.axis_rotation('Z', roll) @ aim
             rotations.append(rotation)
             crop_ks.append(crop_k)
-            homographies.append(big_k @ rotation @ k_inv)
-    n = len(homographies)
-    crops = augment.warp_images(np.repeat(image[None], n, 0), np.array(homographies),
-                                (CROP * antialias, CROP * antialias), backend='tensorflow')
-    if antialias > 1:
-        crops = tf.nn.avg_pool2d(crops, antialias, antialias, 'VALID')
+    # The pixels are resampled by geometry.warp_to_crop (tested against ImageProjectiveTransformV3 and an
+    # independent per-pixel computation in tests/test_geometry.py); the cameras above are independent.
+    # Graph mode like the export (eager and graph kernels round the bilinear weights differently).
+    warp = tf.function(geometry.warp_to_crop)
+    crops = np.stack([warp(tf.constant(image), tf.constant(intrinsics), tf.constant(rotation), tf.constant(crop_k),
+                           CROP, antialias_factor=antialias).numpy()
+                      for rotation, crop_k in zip(rotations, crop_ks)])
     coords = run_model(crops, np.array(crop_ks)).astype(np.float64)
     all_flips = np.tile(flips, len(boxes))
     coords = np.where(all_flips[:, None, None], coords[:, SPACE.mirror], coords)
     coords = np.einsum('tji,tkj->tki', np.array(rotations), coords)  # R^T p
     poses3d = coords.reshape(len(boxes), num_aug, -1, 3).mean(axis=1)[:, SPACE.slices[skeleton]]
-    depth = np.maximum(poses3d[..., 2:], metrabs.MIN_PROJECTION_DEPTH_MM)  # as documented for poses2d
+    depth = np.maximum(poses3d[..., 2:], geometry.MIN_PROJECTION_DEPTH_MM)  # as documented for poses2d
     normalized = np.concatenate([poses3d[..., :2] / depth, np.ones_like(depth)], axis=-1)
     return poses3d, (normalized @ intrinsics.T)[..., :2]
 
@@ -149,7 +149,8 @@ def test_antialiased_export_matches_reference_and_has_no_detector(saved_dirs, ru
 def test_default_camera_is_55_degrees_at_the_image_centre(loaded):
     image = smooth_image(2, height=90, width=150)
     default_k = geometry.Camera.from_fov(export.DEFAULT_FOV_DEGREES, image.shape).intrinsic_matrix
-    np.testing.assert_allclose(export.default_intrinsics(90, 150).numpy(), default_k, rtol=1e-14)
+    focal = 150 / 2 / np.tan(np.radians(export.DEFAULT_FOV_DEGREES) / 2)
+    np.testing.assert_allclose(default_k, [[focal, 0, 74.5], [0, focal, 44.5], [0, 0, 1]], rtol=1e-14)
     omitted = loaded.estimate_poses(image, BOXES[:1])
     zeros = loaded.estimate_poses(image, BOXES[:1], np.zeros((3, 3), np.float32))
     np.testing.assert_array_equal(omitted['poses3d'], zeros['poses3d'])
@@ -318,7 +319,7 @@ def test_loads_in_a_process_without_posekit_or_keras(saved_dirs, loaded, tmp_pat
 def test_crop_cameras_aim_upright_and_fit_the_box():
     boxes = np.array([[10.0, 20.0, 30.0, 90.0], [300.0, 5.0, 60.0, 40.0], [0.0, 200.0, 400.0, 100.0]])
     k = np.tile(np.array([[400.0, 0.0, 320.0], [0.0, 380.0, 240.0], [0.0, 0.0, 1.0]]), (3, 1, 1))
-    rotation, crop_k = (t.numpy() for t in export.crop_cameras(k, boxes, CROP, box_margin=0.2))
+    rotation, crop_k = (t.numpy() for t in geometry.crop_camera(tf.constant(k), tf.constant(boxes), CROP, box_margin=0.2))
     np.testing.assert_allclose(rotation @ np.swapaxes(rotation, 1, 2), np.tile(np.eye(3), (3, 1, 1)), atol=1e-12)
     np.testing.assert_allclose(rotation[:, 0, 1], 0.0, atol=1e-12)  # x axis perpendicular to the vertical
     homography = crop_k @ rotation @ np.linalg.inv(k)
@@ -365,9 +366,11 @@ def test_antialiased_crops_average_away_fine_detail():
     """A 1-px checkerboard shrunk 4x: point sampling hits only black pixels, antialiasing gives grey."""
     board = (np.indices((256, 256)).sum(axis=0) % 2 * 255).astype(np.uint8)
     image = np.repeat(board[None, ..., None], 3, axis=-1)
-    shrink = np.array([[[0.25, 0.0, -0.25], [0.0, 0.25, -0.25], [0.0, 0.0, 1.0]]])  # crop (i, j) <- (4i+1, 4j+1)
-    aliased = export.make_crops(image, [0], shrink, CROP).numpy()
-    smooth = export.make_crops(image, [0], shrink, CROP, antialias_factor=4).numpy()
+    # Image camera K = I, no rotation, crop K = 'shrink': crop pixel (i, j) <- image pixel (4i+1, 4j+1).
+    shrink = np.array([[[0.25, 0.0, -0.25], [0.0, 0.25, -0.25], [0.0, 0.0, 1.0]]])
+    eye = np.eye(3)[None]
+    aliased = export.make_crops(image, [0], eye, eye, shrink, CROP).numpy()
+    smooth = export.make_crops(image, [0], eye, eye, shrink, CROP, antialias_factor=4).numpy()
     interior = (slice(None), slice(1, -1), slice(1, -1))
     np.testing.assert_array_equal(aliased[interior], 0.0)
     np.testing.assert_allclose(smooth[interior], 127.5, atol=1e-3)

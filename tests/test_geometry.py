@@ -354,3 +354,184 @@ def test_project_unproject_tf_match_camera(rng):
         geometry.project_tf(tf.zeros([3]), tf.zeros([2, 3, 3]))
     with pytest.raises(ValueError, match=r'points2d must have shape \[..., 2\]'):
         geometry.unproject_tf(tf.zeros([4, 3]), tf.ones([4]), tf.eye(3))
+
+
+# --- camera math shared by training, losses and export (numpy or TF) ----------------------------
+
+def _tf():
+    return pytest.importorskip('tensorflow')
+
+
+def _in_dataset_map(fn, *args):
+    """fn(*args) run inside tf.data.Dataset.map (style rule 9), as numpy."""
+    tf = _tf()
+    out = next(iter(tf.data.Dataset.from_tensors(tuple(tf.constant(a) for a in args)).map(lambda *a: fn(*a))))
+    return tf.nest.map_structure(lambda t: t.numpy(), out)
+
+
+def test_project_tf_with_distortion_and_min_depth_matches_camera(rng):
+    tf = _tf()
+    d = DISTORTIONS['k8']
+    cam = make_camera(d, skew=1.5)
+    points = rng.uniform([-400, -300, 2000], [400, 300, 4000], size=(3, 17, 3))
+    got = geometry.project_tf(tf.constant(points), tf.constant(np.tile(cam.intrinsic_matrix, (3, 1, 1))),
+                              distortion_coeffs=tf.constant(np.tile(d, (3, 1))))
+    np.testing.assert_allclose(got.numpy(), cam.camera_to_image(points), atol=PX_TOL)
+    mapped = _in_dataset_map(lambda p, k, c: geometry.project_tf(p, k, c), points, cam.intrinsic_matrix, np.array(d))
+    np.testing.assert_allclose(mapped, cam.camera_to_image(points), atol=PX_TOL)
+    # min_depth: points behind or too close are projected as if at that depth (finite, direction kept).
+    behind = np.array([[[100.0, -50.0, -30.0], [10.0, 20.0, 0.5]]])
+    k = np.array([[100.0, 0, 50], [0, 100.0, 40], [0, 0, 1]])
+    got = geometry.project_tf(tf.constant(behind), tf.constant(k), min_depth=1.0).numpy()
+    np.testing.assert_allclose(got, [[[100 * 100 + 50, -50 * 100 + 40], [10 * 100 + 50, 20 * 100 + 40]]])
+
+
+def test_undistort_tf_inverts_distortion(rng):
+    for name in ('k5', 'k8', 'k12'):
+        d = np.array(DISTORTIONS[name])
+        xy = rng.uniform(-0.4, 0.4, (2, 50, 2))
+        distorted = geometry.distort_normalized(xy, d)
+        np.testing.assert_allclose(geometry.distort_normalized_tf(xy, np.stack([d, d])), distorted, atol=1e-15)
+        back = _in_dataset_map(geometry.undistort_normalized_tf, distorted, np.stack([d, d]))
+        np.testing.assert_allclose(back, xy, atol=1e-12)
+
+
+def test_fov_intrinsics_formula_numpy_and_tf():
+    tf = _tf()
+    k = geometry.fov_intrinsics(55.0, 90, 150)
+    focal = 150 / 2 / math.tan(math.radians(55) / 2)
+    np.testing.assert_allclose(k, [[focal, 0, 74.5], [0, focal, 44.5], [0, 0, 1]], rtol=1e-15)
+    np.testing.assert_allclose(geometry.fov_intrinsics(tf.constant(55.0), tf.constant(90), 150).numpy(), k,
+                               rtol=1e-15)
+    batch = geometry.fov_intrinsics(np.array([55.0, 90.0]), np.array([90, 100]), np.array([150, 100]))
+    assert batch.shape == (2, 3, 3)
+    np.testing.assert_allclose(batch[1, 0, 0], 50.0, rtol=1e-12)  # 90 degrees: f = half the side
+    assert Camera.from_fov(55.0, (90, 150)).allclose(Camera(intrinsic_matrix=k))
+
+
+def _boxes_and_cameras(rng, n=6):
+    k = np.tile(np.array([[900.0, 1.5, 640.0], [0.0, 880.0, 360.0], [0.0, 0.0, 1.0]]), (n, 1, 1))
+    xy = rng.uniform([0, 0], [1100, 500], (n, 2))
+    boxes = np.concatenate([xy, rng.uniform(60, 400, (n, 2))], -1)
+    return k, boxes
+
+
+def test_crop_camera_numpy_tf_and_dataset_map_agree(rng):
+    tf = _tf()
+    k, boxes = _boxes_and_cameras(rng)
+    n = len(boxes)
+    roll, flip = rng.uniform(-0.5, 0.5, n), rng.uniform(size=n) < 0.5
+    zoom, shift = rng.uniform(0.8, 1.2, n), rng.uniform(-0.1, 0.1, (n, 2))
+    d = np.tile(DISTORTIONS['k5'], (n, 1))
+    args = dict(box_margin=0.1, distortion_coeffs=d, roll=roll, flip=flip, zoom=zoom, shift=shift)
+    rot_np, k_np = geometry.crop_camera(k, boxes, 96, **args)
+    assert isinstance(rot_np, np.ndarray)
+    rot_tf, k_tf = geometry.crop_camera(tf.constant(k), tf.constant(boxes), 96,
+                                        **{a: tf.constant(v) for a, v in args.items() if a != 'box_margin'},
+                                        box_margin=0.1)
+    np.testing.assert_allclose(rot_tf.numpy(), rot_np, atol=1e-12)
+    np.testing.assert_allclose(k_tf.numpy(), k_np, rtol=1e-12)
+    mapped = _in_dataset_map(lambda kk, b, dd, r, f, z, s: geometry.crop_camera(
+        kk, b, 96, 0.1, distortion_coeffs=dd, roll=r, flip=f, zoom=z, shift=s), k, boxes, d, roll, flip, zoom, shift)
+    np.testing.assert_allclose(mapped[0], rot_np, atol=1e-12)
+    np.testing.assert_allclose(mapped[1], k_np, rtol=1e-12)
+    # Proper rotations, det -1 exactly where flipped.
+    np.testing.assert_allclose(rot_np @ np.swapaxes(rot_np, -1, -2), np.tile(np.eye(3), (n, 1, 1)), atol=1e-12)
+    np.testing.assert_allclose(np.linalg.det(rot_np), np.where(flip, -1.0, 1.0), atol=1e-12)
+
+
+def test_crop_camera_aims_at_the_undistorted_box_centre_plus_shift(rng):
+    k, boxes = _boxes_and_cameras(rng)
+    d = DISTORTIONS['k5']
+    shift = rng.uniform(-0.1, 0.1, (len(boxes), 2))
+    rotation, crop_k = geometry.crop_camera(k, boxes, 64, distortion_coeffs=np.tile(d, (len(boxes), 1)),
+                                            shift=shift)
+    for i, (x, y, w, h) in enumerate(boxes):
+        cam = Camera(intrinsic_matrix=k[i], distortion_coeffs=d)  # numpy Camera, damped-Newton undistortion
+        aim_px = np.array([x + w / 2 + shift[i, 0] * max(w, h), y + h / 2 + shift[i, 1] * max(w, h)])
+        ray = rotation[i] @ cam.image_to_camera(aim_px, 1.0)
+        np.testing.assert_allclose(ray[:2] / ray[2], 0.0, atol=1e-12)  # on the crop's optical axis
+        np.testing.assert_allclose(rotation[i][0] @ geometry.CAMERA_UP, 0.0, atol=1e-12)  # upright
+        assert crop_k[i, 0, 0] == crop_k[i, 1, 1] and crop_k[i, 0, 1] == 0
+        np.testing.assert_allclose(crop_k[i, :2, 2], 31.5)
+
+
+def test_crop_camera_roll_flip_zoom_compose_like_camera_methods(rng):
+    k = np.array([[500.0, 0.0, 320.0], [0.0, 500.0, 240.0], [0.0, 0.0, 1.0]])
+    box = np.array([200.0, 100.0, 150.0, 300.0])
+    base_rot, base_k = geometry.crop_camera(k, box, 64)
+    base = Camera(rot_world_to_cam=base_rot, intrinsic_matrix=base_k)
+    rot, new_k = geometry.crop_camera(k, box, 64, roll=0.3, flip=True, zoom=1.5)
+    expected = base.rolled(0.3).flipped().zoomed(1.5)
+    np.testing.assert_allclose(rot, expected.rot_world_to_cam, atol=1e-12)
+    np.testing.assert_allclose(new_k, expected.intrinsic_matrix, atol=1e-9)
+    # The farthest box corner is S / 2 / (1 + margin) from the crop centre (unrolled, no zoom).
+    corners = np.array([[200, 100], [350, 100], [200, 400], [350, 400]], np.float64)
+    rays = Camera(intrinsic_matrix=k).image_to_camera(corners, 1.0)
+    uv = base.world_to_image(rays)
+    assert np.max(np.abs(uv - 31.5)) == pytest.approx(32 / (1 + geometry.DEFAULT_BOX_MARGIN), rel=1e-12)
+
+
+def test_crop_source_pixels_match_numpy_camera_with_distortion(rng):
+    tf = _tf()
+    k, boxes = _boxes_and_cameras(rng, n=2)
+    for name in ('none', 'k5', 'k8'):
+        d = DISTORTIONS[name]
+        rotation, crop_k = geometry.crop_camera(k, boxes, 32, roll=np.array([0.2, -0.4]),
+                                                distortion_coeffs=None if d is None else np.tile(d, (2, 1)))
+        for i in range(2):
+            got = geometry.crop_source_pixels(k[i], rotation[i], crop_k[i], 32,
+                                              None if d is None else tf.constant(d)).numpy()
+            crop_cam = Camera(rot_world_to_cam=rotation[i], intrinsic_matrix=crop_k[i])
+            image_cam = Camera(intrinsic_matrix=k[i], distortion_coeffs=d)
+            grid = np.stack(np.meshgrid(np.arange(32.0), np.arange(32.0), indexing='xy'), -1)  # [row, col, (x, y)]
+            expected = image_cam.world_to_image(crop_cam.image_to_world(grid, 1000.0))
+            np.testing.assert_allclose(got, expected, atol=1e-5)  # px (acceptance: 1e-3), an independent path
+
+
+def test_warp_to_crop_samples_bilinearly_like_opencv_and_the_projective_kernel(rng):
+    tf = _tf()
+    image = np.round(255 * rng.uniform(size=(120, 160, 3))).astype(np.uint8)
+    k = np.array([[150.0, 0.0, 80.0], [0.0, 150.0, 60.0], [0.0, 0.0, 1.0]])
+    rotation, crop_k = geometry.crop_camera(k, np.array([40.0, 20.0, 70.0, 90.0]), 48, roll=0.3)
+    ours = geometry.warp_to_crop(tf.constant(image), k, rotation, crop_k, 48).numpy()
+    # ImageProjectiveTransformV3 through the homography (exact without distortion).
+    homography = geometry.crop_homography(k, rotation, crop_k)
+    kernel = geometry.warp_homography_tf(image[None], homography[None], (48, 48))[0].numpy()
+    np.testing.assert_allclose(ours, kernel, atol=0.05)
+    # With distortion: cv2.remap at the independently computed source pixels (cv2 quantises the
+    # bilinear weights to 1/32, hence the tolerance in intensity levels).
+    d = DISTORTIONS['k5']
+    rotation, crop_k = geometry.crop_camera(k, np.array([40.0, 20.0, 70.0, 90.0]), 48, distortion_coeffs=d)
+    ours = geometry.warp_to_crop(tf.constant(image), k, rotation, crop_k, 48, distortion_coeffs=d).numpy()
+    crop_cam = Camera(rot_world_to_cam=rotation, intrinsic_matrix=crop_k)
+    grid = np.stack(np.meshgrid(np.arange(48.0), np.arange(48.0), indexing='xy'), -1)
+    source = Camera(intrinsic_matrix=k, distortion_coeffs=d).world_to_image(crop_cam.image_to_world(grid, 1000.0))
+    remapped = cv2.remap(image, source[..., 0].astype(np.float32), source[..., 1].astype(np.float32),
+                         cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(np.float32)
+    inside = (source[..., 0] > 1) & (source[..., 0] < 158) & (source[..., 1] > 1) & (source[..., 1] < 118)
+    assert inside.mean() > 0.9
+    assert np.abs(ours[inside] - remapped[inside]).max() <= 255 / 32 + 1
+    assert np.abs(ours[inside] - remapped[inside]).mean() < 1.0
+    # Same function eagerly and inside Dataset.map.
+    mapped = _in_dataset_map(lambda im, kk, r, ck, dd: geometry.warp_to_crop(im, kk, r, ck, 48, dd),
+                             image, k, rotation, crop_k, np.array(d))
+    np.testing.assert_allclose(mapped, ours, atol=0.01)  # intensity levels: graph kernels round differently
+
+
+def test_crop_labels_are_the_projection_with_the_crop_intrinsics(rng):
+    """A dot drawn at a joint's distorted image position is found at that joint's crop projection."""
+    tf = _tf()
+    k = np.array([[300.0, 0.0, 160.0], [0.0, 300.0, 120.0], [0.0, 0.0, 1.0]])
+    d = DISTORTIONS['k5']
+    joint = np.array([250.0, -180.0, 3000.0])  # mm, image camera frame
+    px = Camera(intrinsic_matrix=k, distortion_coeffs=d).camera_to_image(joint)
+    yy, xx = np.mgrid[:240, :320]
+    image = (255 * np.exp(-((xx - px[0]) ** 2 + (yy - px[1]) ** 2) / (2 * 2.0 ** 2)))[..., None].repeat(3, -1)
+    box = np.array([px[0] - 40, px[1] - 50, 90.0, 100.0])
+    rotation, crop_k = geometry.crop_camera(k, box, 64, distortion_coeffs=d, roll=0.25)
+    crop = geometry.warp_to_crop(tf.constant(image.astype(np.float32)), k, rotation, crop_k, 64, d).numpy()[..., 0]
+    label = geometry.project_tf(tf.constant((rotation @ joint)[None]), tf.constant(crop_k)).numpy()[0]
+    weights = np.clip(crop - 0.05 * crop.max(), 0, None)
+    cy, cx = (np.indices(crop.shape) * weights).sum(axis=(1, 2)) / weights.sum()
+    np.testing.assert_allclose([cx, cy], label, atol=0.05)  # centroid of a resampled blob: sub-0.1 px

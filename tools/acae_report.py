@@ -402,14 +402,9 @@ def acceptance(entries: Sequence[Mapping], reference_mm: float, l1s: Sequence[fl
 
 # ------------------------------------------------------------------------------------------ plot
 def joint_sides(joint_space: skeletons.JointSpace) -> np.ndarray:
-    """[J] array of 'left'/'right'/'centre' by the mirror permutation and the name prefix."""
-    sides = []
-    for i, m in enumerate(joint_space.mirror):
-        if m == i:
-            sides.append('centre')
-        else:
-            sides.append('left' if joint_space.base_name(i).startswith('l') else 'right')
-    return np.array(sides)
+    """[J] array of 'left'/'right'/'centre' (:func:`posekit.skeletons.joint_sides` of the base names)."""
+    sides = skeletons.joint_sides([joint_space.base_name(i) for i in range(joint_space.n_joints)])
+    return np.array(['left', 'centre', 'right'])[sides + 1]
 
 
 def latent_sides(layer: AffineCombiningAutoencoder, joint_space: skeletons.JointSpace

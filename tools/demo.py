@@ -29,6 +29,8 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import numpy as np
 
+from posekit import geometry, skeletons
+
 #: Colours (RGB) of the overlay.
 LEFT_COLOUR = (230, 40, 40)
 RIGHT_COLOUR = (40, 90, 230)
@@ -61,19 +63,6 @@ def parse_box(text):
     return values
 
 
-def joint_sides(joint_names):
-    """[J] int: -1 left, +1 right, 0 centre, from the names (``l``/``r`` prefix with a counterpart)."""
-    names = list(joint_names)
-    sides = []
-    for name in names:
-        other = ('r' if name[:1] == 'l' else 'l') + name[1:]
-        if name[:1] in ('l', 'r') and other in names:
-            sides.append(-1 if name[0] == 'l' else 1)
-        else:
-            sides.append(0)
-    return np.array(sides, np.int64)
-
-
 def _colour(side):
     return {-1: LEFT_COLOUR, 1: RIGHT_COLOUR}.get(int(side), CENTRE_COLOUR)
 
@@ -89,7 +78,7 @@ def draw_skeletons(image, poses2d, edges, sides, boxes=()):
       image: uint8 [H, W, 3] RGB.
       poses2d: [N, J, 2] px.
       edges: [E, 2] joint index pairs.
-      sides: [J] -1/0/+1 (:func:`joint_sides`).
+      sides: [J] -1/0/+1 (:func:`posekit.skeletons.joint_sides`).
       boxes: [N, 4] x, y, w, h px (drawn first, thin).
     """
     import cv2
@@ -162,13 +151,6 @@ def compose(overlay, view):
     return canvas
 
 
-def fov_intrinsics(fov_degrees, height, width):
-    """[3, 3] float32 K: ``fov_degrees`` along the larger side, principal point at the image centre."""
-    focal = max(height, width) / 2.0 / math.tan(math.radians(fov_degrees) / 2.0)
-    return np.array([[focal, 0.0, (width - 1) / 2.0], [0.0, focal, (height - 1) / 2.0], [0.0, 0.0, 1.0]],
-                    np.float32)
-
-
 def build_parser():
     parser = argparse.ArgumentParser(prog='python -m tools.demo', description=__doc__.split('\n\n')[0])
     parser.add_argument('image', help='input image (any format OpenCV reads)')
@@ -212,10 +194,10 @@ def main(argv=None):
     boxes = np.array(args.boxes, np.float32)
     kwargs = dict(skeleton=skeleton, num_aug=args.num_aug)
     if args.fov is not None:
-        kwargs['intrinsic_matrix'] = fov_intrinsics(args.fov, *image.shape[:2])
+        kwargs['intrinsic_matrix'] = geometry.fov_intrinsics(args.fov, *image.shape[:2]).astype(np.float32)
     result = {k: v.numpy() for k, v in model.estimate_poses(image, boxes, **kwargs).items()}
     edges = model.per_skeleton_joint_edges[skeleton].numpy()
-    sides = joint_sides(n.decode() for n in model.per_skeleton_joint_names[skeleton].numpy())
+    sides = skeletons.joint_sides([n.decode() for n in model.per_skeleton_joint_names[skeleton].numpy()])
 
     overlay = draw_skeletons(image, result['poses2d'], edges, sides, boxes)
     view = render_3d(result['poses3d'], edges, sides, args.view_size)

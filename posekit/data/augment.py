@@ -2,14 +2,16 @@
 
 Geometry is augmented by *re-projecting through the camera*, never by editing labels in pixel
 space. Each example's crop camera (intrinsics ``K``, the labels' camera frame) is replaced by a
-new virtual camera with the same optical centre:
+new virtual camera with the same optical centre, made by :func:`posekit.geometry.crop_camera` (the
+function that also aims the rendered training crops and the exported model's crops) with the whole
+input crop as the box and no margin:
 
-1. re-aimed: the optical axis turns towards the ray through the crop's centre pixel plus a
-   random shift (``shift_fraction`` of the side, per axis), with the minimal rotation;
+1. re-aimed: upright (x axis perpendicular to the crop camera's vertical) towards the ray through the
+   crop's centre pixel plus a random shift (``shift_fraction`` of the side, per axis);
 2. rolled about the new optical axis by ``roll`` (uniform in +-``roll_degrees``);
 3. optionally mirrored (probability ``flip_probability``): the camera x axis is negated;
-4. zoomed: focal lengths (and skew) times ``zoom`` (uniform in ``zoom_range``), times
-   ``output_side / input side``; the principal point is the centre of the output crop.
+4. zoomed: the focal length that fits the input crop into the output crop, times ``zoom`` (uniform
+   in ``zoom_range``); square pixels, the principal point at the centre of the output crop.
 
 So new camera-frame points are ``p' = M p`` with ``M = F Rz(roll) R_aim`` (F = diag(+-1, 1, 1))
 and the new intrinsics are ``K'``. The image is warped by the homography ``K' M K^-1`` (exact
@@ -54,6 +56,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
+
+from posekit import geometry
 
 MAX_PIXEL_VALUE = 255.0
 """Largest uint8 intensity; photometric deltas are fractions of it."""
@@ -302,14 +306,18 @@ def _matrix(rows):
 
 
 def camera_transform(intrinsics, params, input_shape, output_shape):
-    """The new crop camera of each example.
+    """The new crop camera of each example: :func:`posekit.geometry.crop_camera` aimed at the input crop.
+
+    The "box" is the whole input crop (pixel centres 0 ... side - 1, so the box spans -0.5 ... side - 0.5)
+    with no margin: with zero shift, roll and flip and unit zoom the new camera is the old one with its
+    principal point at the output centre and its focal length scaled by ``output side / input side``.
 
     Args:
       intrinsics: [B, 3, 3] original crop intrinsics (px).
       params: dict with ``roll`` [B] (rad), ``zoom`` [B], ``shift`` [B, 2] (fraction of the input
         side), ``flip`` [B] bool (see :func:`sample_params`).
       input_shape: (height, width) of the input crops (px), ints or scalar tensors.
-      output_shape: (height, width) of the output crops (px).
+      output_shape: (height, width) of the output crops (px); square (the crop camera's crops are).
 
     Returns:
       (rotation [B, 3, 3], new_intrinsics [B, 3, 3], homography [B, 3, 3]), float64: new
@@ -318,55 +326,15 @@ def camera_transform(intrinsics, params, input_shape, output_shape):
     """
     k = tf.cast(intrinsics, tf.float64)
     in_h, in_w = (tf.cast(s, tf.float64) for s in input_shape)
-    out_h, out_w = (tf.cast(s, tf.float64) for s in output_shape)
-    shift = tf.cast(params['shift'], tf.float64)
-    roll = tf.cast(params['roll'], tf.float64)
-    zoom = tf.cast(params['zoom'], tf.float64)
-    flip = tf.cast(params['flip'], tf.bool)
-    zeros, ones = tf.zeros_like(roll), tf.ones_like(roll)
-
-    # Re-aim: minimal rotation taking the ray of the target pixel to the optical axis.
-    side = tf.maximum(in_h, in_w)
-    target = tf.stack([(in_w - 1.0) / 2.0 + shift[:, 0] * side,
-                       (in_h - 1.0) / 2.0 + shift[:, 1] * side, ones], axis=-1)
-    ray = tf.linalg.matvec(tf.linalg.inv(k), target)
-    ray = ray / tf.norm(ray, axis=-1, keepdims=True)
-    vx, vy, cos = ray[:, 1], -ray[:, 0], ray[:, 2]  # v = ray x e_z = (ry, -rx, 0)
-    skew_v = _matrix([[zeros, zeros, vy], [zeros, zeros, -vx], [-vy, vx, zeros]])
-    aim = (tf.eye(3, dtype=tf.float64) + skew_v
-           + tf.matmul(skew_v, skew_v) / (1.0 + cos)[:, None, None])
-    c, s = tf.cos(roll), tf.sin(roll)
-    rolled = _matrix([[c, -s, zeros], [s, c, zeros], [zeros, zeros, ones]])
-    sign = tf.where(flip, -ones, ones)
-    mirror = _matrix([[sign, zeros, zeros], [zeros, ones, zeros], [zeros, zeros, ones]])
-    rotation = mirror @ rolled @ aim
-
-    scale = zoom * tf.maximum(out_h, out_w) / side
-    new_k = _matrix([[k[:, 0, 0] * scale, sign * k[:, 0, 1] * scale, (out_w - 1.0) / 2.0 * ones],
-                     [zeros, k[:, 1, 1] * scale, (out_h - 1.0) / 2.0 * ones],
-                     [zeros, zeros, ones]])
-    homography = new_k @ rotation @ tf.linalg.inv(k)
-    return rotation, new_k, homography
-
-
-def apply_homography(homography, points2d):
-    """[B, 3, 3] homographies applied to [B, J, 2] pixels -> [B, J, 2] (dtype of ``points2d``)."""
-    points = tf.convert_to_tensor(points2d)
-    h = tf.cast(homography, tf.float64)
-    p = tf.cast(points, tf.float64)
-    hom = tf.concat([p, tf.ones_like(p[..., :1])], axis=-1)
-    out = tf.einsum('bij,bkj->bki', h, hom)
-    return tf.cast(out[..., :2] / out[..., 2:], points.dtype)
-
-
-def project(points3d, intrinsics):
-    """Pinhole projection: [B, J, 3] camera-frame mm with [B, 3, 3] intrinsics -> [B, J, 2] px."""
-    points = tf.convert_to_tensor(points3d)
-    k = tf.cast(intrinsics, points.dtype)
-    xy = points[..., :2] / points[..., 2:]
-    x = k[:, None, 0, 0] * xy[..., 0] + k[:, None, 0, 1] * xy[..., 1] + k[:, None, 0, 2]
-    y = k[:, None, 1, 1] * xy[..., 1] + k[:, None, 1, 2]
-    return tf.stack([x, y], axis=-1)
+    out_side = tf.get_static_value(tf.convert_to_tensor(output_shape[0]))
+    if out_side is None or tf.get_static_value(tf.convert_to_tensor(output_shape[1])) != out_side:
+        raise ValueError(f'output_shape must be a static square (side, side), got {output_shape!r}')
+    ones = tf.ones_like(k[:, 0, 0])
+    boxes = tf.stack([-0.5 * ones, -0.5 * ones, in_w * ones, in_h * ones], axis=-1)
+    rotation, new_k = geometry.crop_camera(k, boxes, int(out_side), box_margin=0.0,
+                                           roll=params['roll'], flip=params['flip'], zoom=params['zoom'],
+                                           shift=params['shift'])
+    return rotation, new_k, geometry.crop_homography(k, rotation, new_k)
 
 
 _CV2_BORDERS = {'constant': 'BORDER_CONSTANT', 'reflect': 'BORDER_REFLECT', 'wrap': 'BORDER_WRAP',
@@ -414,13 +382,7 @@ def warp_images(images, homography, output_shape, fill_mode='constant', fill_val
         static = [tf.get_static_value(v) for v in output_shape]
         warped.set_shape([images.shape[0], static[0], static[1], images.shape[3]])
         return warped
-    inverse = tf.linalg.inv(homography)
-    inverse = inverse / inverse[:, 2:, 2:]
-    transforms = tf.cast(tf.reshape(inverse, [-1, 9])[:, :8], tf.float32)
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=tf.cast(images, tf.float32), transforms=transforms, output_shape=out_shape,
-        fill_value=tf.constant(fill_value, tf.float32),
-        interpolation=interpolation.upper(), fill_mode=fill_mode.upper())
+    return geometry.warp_homography_tf(images, homography, output_shape, fill_mode, fill_value, interpolation)
 
 
 def _permute_if(flip, tensor, mirror):
@@ -457,8 +419,8 @@ def transform_labels(example_batch, params, mirror, output_shape=None):
     rotation, new_k, homography = camera_transform(example_batch['intrinsics'], params, in_shape,
                                                    output_shape)
     new3d = tf.einsum('bij,bkj->bki', tf.cast(rotation, coords3d.dtype), coords3d)
-    projected = project(new3d, new_k)
-    mapped = apply_homography(homography, coords2d)
+    projected = geometry.project_tf(new3d, new_k)
+    mapped = geometry.apply_homography(homography, coords2d)
     is_3d = example_batch.get('is_3d')
     if is_3d is None:
         new2d = tf.cast(projected, coords2d.dtype)
@@ -472,24 +434,6 @@ def transform_labels(example_batch, params, mirror, output_shape=None):
         out['joint_valid'] = _permute_if(flip, tf.convert_to_tensor(example_batch['joint_valid']), mirror)
     out['intrinsics'] = tf.cast(new_k, tf.convert_to_tensor(example_batch['intrinsics']).dtype)
     return out, homography, output_shape
-
-
-def geometric_augment(example_batch, params, mirror, output_shape=None, fill_mode='constant',
-                      fill_value=0.0, interpolation='bilinear', warp_backend='opencv'):
-    """Re-projects a batch of crops through new cameras (see the module docstring).
-
-    Args:
-      example_batch, params, mirror, output_shape: as in :func:`transform_labels`.
-      fill_mode, fill_value, interpolation, warp_backend: see :class:`AugmentConfig`.
-
-    Returns:
-      dict like ``example_batch`` with ``image`` [B, out_h, out_w, 3] (see :func:`warp_images`) and the
-      labels, intrinsics and ``joint_valid`` of the new cameras.
-    """
-    out, homography, output_shape = transform_labels(example_batch, params, mirror, output_shape)
-    out['image'] = warp_images(example_batch['image'], homography, output_shape, fill_mode, fill_value,
-                               interpolation, warp_backend)
-    return out
 
 
 def check_mirror(mirror, n_joints: int) -> np.ndarray:

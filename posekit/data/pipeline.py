@@ -36,6 +36,7 @@ from typing import Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, run
 import numpy as np
 import tensorflow as tf
 
+from posekit import geometry
 from posekit.data import augment as augment_lib
 
 DATASETS_3D = ('h36m_like', 'mpi_like', 'smpl_like')
@@ -546,7 +547,7 @@ def synthetic_arrays(n: int, side: int, joint_valid, seed: int = 0, is_3d: bool 
     intrinsics[:, 0, 0] = intrinsics[:, 1, 1] = focal
     intrinsics[:, :2, 2] = centre
     intrinsics[:, 2, 2] = 1.0
-    coords2d = coords3d[..., :2] / coords3d[..., 2:] * focal[:, None, None] + centre
+    coords2d = geometry.project_tf(coords3d, intrinsics).numpy()
     return dict(
         image=rng.integers(0, 256, (n, side, side, 3), dtype=np.uint8),
         intrinsics=intrinsics.astype(np.float32),

@@ -22,8 +22,9 @@ coco_like         coco_19          2d     COCO-like in-the-wild photos: indoor/o
 ================  ===============  =====  ===========================================================
 
 Every example (data contract) is a person-centred crop rendered directly through a *crop camera*:
-a camera in the motion's world (mm, y up) aimed at the person (``Camera.turned_towards`` the
-box centre, roll kept) and zoomed so the person's box fits the crop with a margin. It holds
+a camera in the motion's world (mm, y up) aimed at the person's box as the exported model aims
+at a detection (:func:`crop_camera`, i.e. :func:`posekit.geometry.crop_camera`) and zoomed so the
+box fits the crop with a margin. It holds
 ``image`` uint8 [S, S, 3], ``intrinsics`` float32 [3, 3] (px), ``coords3d`` float32 [J_all, 3]
 (mm, crop camera frame: x right, y down, z forward) for ALL formats of the joint space,
 ``coords2d`` float32 [J_all, 2] (px, their exact projection), ``joint_valid`` bool [J_all] (the
@@ -53,7 +54,7 @@ from posekit import geometry, skeletons
 from posekit.data import bodies, mocap
 from posekit.data import render
 
-GENERATOR_VERSION = 'synth-2'  # synth-2: shirt-front print (render.BODY_PARTS 'chest_print')
+GENERATOR_VERSION = 'synth-3'  # synth-2: shirt-front print; synth-3: crops aimed by geometry.crop_camera
 """Version of the example generator; stored shards made by another version are regenerated."""
 
 MM_PER_M = 1000.0
@@ -557,29 +558,18 @@ def camera_position(spec: DatasetSpec, rng: np.random.Generator, seed: int, root
     return np.array([root[0] + dist * math.sin(az), height, root[2] + dist * math.cos(az)])
 
 
-def _upright_rotation(forward: np.ndarray) -> np.ndarray:
-    """World-to-camera rotation of an upright camera (zero roll, world y up) looking along ``forward``."""
-    fx, fy, fz = forward / math.sqrt(float(forward @ forward))
-    # right = forward x up with up = (0, 1, 0); down = forward x right
-    rx, rz = -fz, fx
-    norm = math.hypot(rx, rz)
-    if norm < 1e-9:
-        raise ValueError(f'the viewing direction must not be vertical, got {forward.tolist()}')
-    rx, rz = rx / norm, rz / norm
-    dx, dy, dz = fy * rz, fz * rx - fx * rz, -fy * rx
-    return np.array([[rx, 0.0, rz], [dx, dy, dz], [fx, fy, fz]])
-
-
 def crop_camera(center: np.ndarray, target: np.ndarray, box_points: np.ndarray, crop_size: int,
                 roll_rad: float = 0.0, margin: float = 0.2, scale_jitter: float = 1.0,
                 shift: Tuple[float, float] = (0.0, 0.0)) -> geometry.Camera:
-    """A camera at ``center`` aimed at the person so that ``box_points`` fit a square crop.
+    """A camera at ``center`` aimed at the person like the exported model aims at a detection box.
 
-    The camera first looks at ``target`` (upright, then rolled by ``roll_rad``), is turned towards
-    the centre of the points' box in normalized coordinates keeping its roll (as
-    ``Camera.turned_towards`` does), and gets the focal length that makes the box's larger side
-    plus ``margin`` fill ``crop_size`` px (times ``scale_jitter``); the principal point is the
-    crop centre moved by ``shift`` (fractions of the crop side).
+    An upright reference camera at ``center`` looks at ``target``; the person's box is the bounding
+    box of ``box_points`` in its normalized image coordinates (what a person detector would return);
+    :func:`posekit.geometry.crop_camera` then turns the camera upright (x axis horizontal in the world)
+    towards the box centre (moved
+    by ``shift``, fractions of the box's larger side), fits the box plus ``margin`` into the crop
+    (times ``scale_jitter``) and rolls it by ``roll_rad``. Training crops and the export's crops are
+    therefore aimed by the same function.
 
     Args:
       center: [3] optical centre (world, mm); target: [3] initial aim (world, mm).
@@ -589,22 +579,13 @@ def crop_camera(center: np.ndarray, target: np.ndarray, box_points: np.ndarray, 
       the crop :class:`posekit.geometry.Camera` (world y up).
     """
     center = np.asarray(center, np.float64)
-    points = np.asarray(box_points, np.float64) - center
-    c, s = math.cos(roll_rad), math.sin(roll_rad)
-    roll = np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
-    rot = roll @ _upright_rotation(np.asarray(target, np.float64) - center)
-    p = points @ rot.T
-    n = p[:, :2] / np.maximum(p[:, 2:], 1.0)
-    mid = (n.min(0) + n.max(0)) / 2
-    rot = roll @ _upright_rotation(rot.T @ np.array([mid[0], mid[1], 1.0]))
-    p = points @ rot.T
-    n = p[:, :2] / np.maximum(p[:, 2:], 1.0)
-    extent = np.max(np.abs(n)) * 2
-    focal = crop_size / (max(extent, 1e-3) * (1.0 + margin)) * scale_jitter
-    c0 = (crop_size - 1) / 2.0
-    k = np.array([[focal, 0.0, c0 + shift[0] * crop_size], [0.0, focal, c0 + shift[1] * crop_size],
-                  [0.0, 0.0, 1.0]])
-    return geometry.Camera(center, rot, k, world_up=WORLD_UP)
+    reference = geometry.upright_rotation(np.asarray(target, np.float64) - center, WORLD_UP)
+    normalized = geometry.Camera(center, reference, np.eye(3)).world_to_image(box_points)
+    low, high = normalized.min(0), normalized.max(0)
+    box = np.concatenate([low, high - low])
+    rotation, k = geometry.crop_camera(np.eye(3), box, crop_size, box_margin=margin, up=reference @ WORLD_UP,
+                                       roll=roll_rad, zoom=scale_jitter, shift=np.asarray(shift, np.float64))
+    return geometry.Camera(center, rotation @ reference, k, world_up=WORLD_UP)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -787,7 +768,7 @@ def render_example(spec: DatasetSpec, motion: PreparedMotion, split: str, index:
                          scale_jitter=float(np.exp(rng.uniform(-jitter, jitter))),
                          shift=tuple(rng.uniform(-jitter, jitter, 2)))
     rot, k = camera.rot_world_to_cam, camera.intrinsic_matrix
-    focal_original = cam_spec.image_side_px / 2.0 / math.tan(np.deg2rad(_uniform(rng, cam_spec.fov_deg)) / 2)
+    focal_original = geometry.fov_intrinsics(_uniform(rng, cam_spec.fov_deg), cam_spec.image_side_px, cam_spec.image_side_px)[0, 0]
 
     scene = make_scene(spec, rng, seed, np.array([[root[0], root[2]], [center[0], center[2]]]))
     scene.shadow_xz = (float(root[0]), float(root[2]))
@@ -932,7 +913,7 @@ def render_video(spec: DatasetSpec, motion: PreparedMotion, clip: int, start: in
     ambient, diffuse = _uniform(rng, spec.appearance.ambient), _uniform(rng, spec.appearance.diffuse)
     n_clutter = int(rng.integers(spec.appearance.clutter[0], spec.appearance.clutter[1] + 1))
     clutter = _clutter(rng, scene, n_clutter, list(pelvis[::max(1, n_frames // 8)]) + [centers[0], centers[-1]])
-    focal_original = cam_spec.image_side_px / 2.0 / math.tan(np.deg2rad(_uniform(rng, cam_spec.fov_deg)) / 2)
+    focal_original = geometry.fov_intrinsics(_uniform(rng, cam_spec.fov_deg), cam_spec.image_side_px, cam_spec.image_side_px)[0, 0]
     out = {k: [] for k in ('frames', 'intrinsics', 'coords2d', 'coords3d', 'joint_valid',
                            'rot_world_to_cam', 'optical_center')}
     for i in range(n_frames):

@@ -12,7 +12,7 @@ Conventions
   and the image coordinate ``c * stride + (stride - 1) / 2`` px (:func:`heatmap_to_image`). The reachable
   range is therefore ``[(stride - 1) / 2, W - 1 - (stride - 1) / 2]``: joints outside it (truncated
   joints) are pinned near the border, which is why the absolute reconstruction uses only joints
-  predicted inside the image by a margin (:func:`is_in_view`).
+  predicted inside the image by a margin (:func:`posekit.geometry.points_in_image`).
 - 3D heatmaps (metric-scale): a volume of ``h x w x depth_bins`` cells covering a cube of
   ``box_size_mm`` (2.2 m) on each side, centred on the box centre (an unknown point that
   :func:`reconstruct_absolute` recovers). Cell ``i`` of ``n`` along an axis has its centre at
@@ -46,8 +46,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-#: Side of the metric cube covered by the 3D heatmap, mm.
-BOX_SIZE_MM = 2200.0
+from posekit import geometry
+from posekit.geometry import BOX_SIZE_MM
+
 #: Depth bins of the 3D heatmap (as many as the spatial cells of an 8x8 heatmap).
 DEFAULT_DEPTH_BINS = 8
 HEAD_MODES = ('separate', 'latent', 'hybrid')
@@ -62,8 +63,6 @@ MIN_NORMALIZED_SPREAD = 1e-3
 #: Default weight of the 3D head vs the 2D head for the position of in-view joints in the absolute output
 #: (:func:`reconstruct_absolute`); the reference training draws it uniformly in [0, 1] per example.
 DEFAULT_MIX_3D_IN_VIEW = 0.5
-#: Points are projected with their depth clamped to at least this, mm (behind-camera safety).
-MIN_PROJECTION_DEPTH_MM = 1.0
 
 
 # ------------------------------------------------------------------------------------------- heatmaps
@@ -122,45 +121,6 @@ def heatmap_to_metric(cell_coords, n_cells, box_size_mm=BOX_SIZE_MM):
     return ((cell_coords + 0.5) / n_cells - 0.5) * box_size_mm
 
 
-# ------------------------------------------------------------------------------------------- geometry
-def normalized_image_coords(coords2d, intrinsics):
-    """Image coordinates [B, J, 2] px -> normalised camera coordinates [B, J, 2] (x/z, y/z) via K^-1.
-
-    ``intrinsics`` [B, 3, 3] (or [3, 3]) any invertible camera matrix. Computed in the dtype of coords2d.
-    """
-    k_inv = tf.linalg.inv(tf.cast(intrinsics, coords2d.dtype))
-    homogeneous = tf.concat([coords2d, tf.ones_like(coords2d[..., :1])], axis=-1)
-    if len(k_inv.shape) == 2:
-        rays = tf.einsum('bjk,ik->bji', homogeneous, k_inv)
-    else:
-        rays = tf.einsum('bjk,bik->bji', homogeneous, k_inv)
-    return rays[..., :2] / rays[..., 2:]
-
-
-def project_to_image(points_mm, intrinsics, min_depth_mm=MIN_PROJECTION_DEPTH_MM):
-    """Pinhole projection: camera-frame points [B, J, 3] mm -> image coordinates [B, J, 2] px.
-
-    The depth is clamped to at least ``min_depth_mm`` (points behind the camera stay finite).
-    ``intrinsics``: [B, 3, 3] camera matrices (px).
-    """
-    intrinsics = tf.cast(intrinsics, points_mm.dtype)
-    depth = tf.maximum(points_mm[..., 2:], tf.cast(min_depth_mm, points_mm.dtype))
-    homogeneous = tf.concat([points_mm[..., :2] / depth, tf.ones_like(depth)], axis=-1)
-    return tf.einsum('bjk,bik->bji', homogeneous, intrinsics[:, :2, :])
-
-
-def is_in_view(coords2d, image_size, margin_px):
-    """[B, J] bool: image coordinates [B, J, 2] px lie inside the image shrunk by ``margin_px``.
-
-    ``image_size``: (height, width) px (ints or a tensor). Inside means
-    ``margin_px <= coord <= size - 1 - margin_px`` on both axes (pixel centres at integers).
-    """
-    size = tf.cast(tf.stack([image_size[1], image_size[0]]), coords2d.dtype)  # (width, height)
-    margin = tf.cast(margin_px, coords2d.dtype)
-    inside = tf.logical_and(coords2d >= margin, coords2d <= size - 1.0 - margin)
-    return tf.reduce_all(inside, axis=-1)
-
-
 def reconstruct_absolute(coords2d, coords3d_rel, intrinsics, is_valid=None, mix_3d_in_view=1.0,
                          min_spread=MIN_NORMALIZED_SPREAD):
     """Absolute camera-frame pose from 2D image coordinates and a translation-free 3D pose.
@@ -204,7 +164,7 @@ def reconstruct_absolute(coords2d, coords3d_rel, intrinsics, is_valid=None, mix_
     out_dtype = coords3d_rel.dtype
     c2 = tf.cast(coords2d, tf.float64)
     c3 = tf.cast(coords3d_rel, tf.float64)
-    uv = normalized_image_coords(c2, intrinsics)  # [B, J, 2]
+    uv = geometry.pixels_to_normalized(c2, intrinsics)  # [B, J, 2]
     w = tf.ones_like(uv[..., 0]) if is_valid is None else tf.cast(is_valid, tf.float64)
     blend = w > 0  # [B, J]: joints whose position may come from the 2D back-projection
     w = tf.where(tf.reduce_sum(w, axis=1, keepdims=True) > 0, w, tf.ones_like(w))
@@ -330,7 +290,7 @@ class Metrabs(keras.Model):
     - 'hybrid' also: ``direct_coords2d``, ``direct_coords3d_rel``, ``direct_coords3d_abs`` (all-joints
       head, [B, J, ...]).
 
-    The absolute reconstruction of each head uses the points it predicts in view (``is_in_view`` with
+    The absolute reconstruction of each head uses the points it predicts in view (``geometry.points_in_image`` with
     ``in_view_margin * stride`` px).
     """
 
@@ -392,7 +352,7 @@ class Metrabs(keras.Model):
         mix = self.mix_3d_in_view if mix_3d_in_view is None else mix_3d_in_view
 
         def absolute(points2d, points3d_rel):
-            valid = is_in_view(points2d, image_size, margin_px)
+            valid = geometry.points_in_image(points2d, image_size, margin_px)
             return reconstruct_absolute(points2d, points3d_rel, intrinsics, valid, mix_3d_in_view=mix)
 
         if self.head_mode == 'separate':

@@ -39,7 +39,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from posekit.models.metrabs import BOX_SIZE_MM, is_in_view, project_to_image
+from posekit import geometry
+from posekit.geometry import BOX_SIZE_MM
 
 MM_PER_M = 1000.0
 #: Weight of the projection loss.
@@ -118,6 +119,11 @@ def absolute_loss(pred_mm, true_mm, is_valid=None, depth_cap_mm=ABS_DEPTH_CAP_MM
     return masked_mean(absdiff / MM_PER_M, valid)
 
 
+def _project(points_mm, intrinsics):
+    """[B, J, 3] camera-frame mm -> [B, J, 2] px, depths clamped to ``MIN_PROJECTION_DEPTH_MM``."""
+    return geometry.project_tf(points_mm, intrinsics, min_depth=geometry.MIN_PROJECTION_DEPTH_MM)
+
+
 def _normalized_2d_l1(pred_px, true_px, valid, crop_size_px, box_size_mm):
     """Mean L1 of 2D errors [B, J, 2] px, in crop sides times the box size in metres, over valid [B, J, 1]."""
     scale = (box_size_mm / MM_PER_M) / tf.cast(crop_size_px, tf.float32)
@@ -143,9 +149,9 @@ def projection_loss(pred_mm, true_mm, intrinsics, crop_size_px, is_valid=None, b
     pred_mm = tf.cast(pred_mm, tf.float32)
     true_mm = tf.cast(true_mm, tf.float32)
     intrinsics = tf.cast(intrinsics, tf.float32)
-    pred_px = project_to_image(pred_mm, intrinsics)
-    true_px = project_to_image(true_mm, intrinsics)
-    in_crop = is_in_view(pred_px, (crop_size_px, crop_size_px), 0.0)[..., tf.newaxis]
+    pred_px = _project(pred_mm, intrinsics)
+    true_px = _project(true_mm, intrinsics)
+    in_crop = geometry.points_in_image(pred_px, (crop_size_px, crop_size_px), 0.0)[..., tf.newaxis]
     valid = tf.logical_and(_joint_mask(is_valid, true_mm), true_mm[..., 2:] >= min_true_depth_mm)
     valid = tf.logical_and(valid, tf.logical_and(in_crop, pred_mm[..., 2:] >= MIN_PRED_DEPTH_MM))
     return _normalized_2d_l1(pred_px, true_px, valid, crop_size_px, box_size_mm)
@@ -170,9 +176,9 @@ def weak_2d_loss(pred_mm, true2d_px, intrinsics, crop_size_px, averaging_matrix,
     """
     pred_mm = tf.cast(pred_mm, tf.float32)
     true2d_px = tf.cast(true2d_px, tf.float32)
-    pred_px = project_to_image(pred_mm, tf.cast(intrinsics, tf.float32))
+    pred_px = _project(pred_mm, tf.cast(intrinsics, tf.float32))
     averaged = tf.einsum('kj,bjc->bkc', tf.cast(averaging_matrix, tf.float32), pred_px)
-    in_crop = is_in_view(averaged, (crop_size_px, crop_size_px), 0.0)[..., tf.newaxis]
+    in_crop = geometry.points_in_image(averaged, (crop_size_px, crop_size_px), 0.0)[..., tf.newaxis]
     valid = tf.logical_and(_joint_mask(is_valid, true2d_px), in_crop)
     return _normalized_2d_l1(averaged, true2d_px, valid, crop_size_px, box_size_mm)
 

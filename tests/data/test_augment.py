@@ -182,7 +182,7 @@ def test_flip_keeps_left_right_meaning(backend):
     coords[:, lsho, 0] = 250.0
     coords[:, rsho, 0] = -150.0
     batch['coords3d'] = coords
-    batch['coords2d'] = augment.project(coords, batch['intrinsics']).numpy()
+    batch['coords2d'] = geometry.project_tf(coords, batch['intrinsics']).numpy()
     batch['joint_valid'][:, lsho] = True
     batch['joint_valid'][:, rsho] = False
     config = AugmentConfig.identity(flip_probability=1.0, warp_backend=backend)

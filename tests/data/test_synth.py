@@ -197,7 +197,9 @@ def test_real_motion_with_subject_wise_split(cmu_mocap_dir, tmp_path):
     np.testing.assert_allclose(ex['coords2d'], _project(ex['coords3d'], ex['intrinsics']), atol=0.01)
 
 
-def test_crop_camera_matches_turned_towards_of_posekit_geometry(rng):
+def test_crop_camera_aims_at_the_points_box_like_a_detection(rng):
+    """synth.crop_camera = an upright camera turned towards the centre of the points' box, the box's
+    corners fitted into the crop with the margin, then rolled (geometry.crop_camera's rule)."""
     from posekit import geometry
     for _ in range(5):
         center = rng.uniform(-5000, 5000, 3)
@@ -205,14 +207,19 @@ def test_crop_camera_matches_turned_towards_of_posekit_geometry(rng):
         points = target + rng.normal(0, 500, (20, 3))
         roll = rng.uniform(-0.3, 0.3)
         cam = synth.crop_camera(center, target, points, 100, roll_rad=roll, margin=0.1)
-        rot = geometry.axis_rotation('Z', roll) @ geometry.look_at_rotation(center, target, world_up=(0, 1, 0))
-        ref = geometry.Camera(center, rot, None, world_up=(0, 1, 0))
-        p = ref.world_to_camera(points)
+        upright = geometry.Camera(center, geometry.look_at_rotation(center, target, world_up=(0, 1, 0)), None,
+                                  world_up=(0, 1, 0))
+        p = upright.world_to_camera(points)
         n = p[:, :2] / p[:, 2:]
-        mid = (n.min(0) + n.max(0)) / 2
-        ref = ref.turned_towards(center + rot.T @ np.array([mid[0], mid[1], 1.0]))
-        np.testing.assert_allclose(cam.rot_world_to_cam, ref.rot_world_to_cam, atol=1e-9)
-        # The points' box is centred and fills 1 / 1.1 of the crop.
-        uv = cam.world_to_image(points)
-        extent = np.max(np.abs(uv - 49.5)) * 2
-        assert extent == pytest.approx(100 / 1.1, rel=1e-6)
+        low, high = n.min(0), n.max(0)
+        mid = (low + high) / 2
+        aimed = upright.turned_towards(center + upright.rot_world_to_cam.T @ np.array([mid[0], mid[1], 1.0]))
+        np.testing.assert_allclose(cam.rot_world_to_cam, geometry.axis_rotation('Z', roll) @ aimed.rot_world_to_cam,
+                                   atol=1e-9)
+        # The box corners (rays of the upright camera) fit the crop: the farthest one is S / 2 / 1.1 from the
+        # centre before the roll; every point of the box lies inside the crop.
+        corners = np.array([[low[0], low[1], 1], [high[0], low[1], 1], [low[0], high[1], 1], [high[0], high[1], 1]])
+        unrolled = geometry.Camera(center, aimed.rot_world_to_cam, cam.intrinsic_matrix, world_up=(0, 1, 0))
+        uv = unrolled.world_to_image(center + corners @ upright.rot_world_to_cam)
+        assert np.max(np.abs(uv - 49.5)) == pytest.approx(100 / 2 / 1.1, rel=1e-9)
+        assert np.all(np.abs(cam.world_to_image(points) - 49.5) < 50)

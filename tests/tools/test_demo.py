@@ -91,10 +91,10 @@ def test_demo_draws_the_2d_skeletons_where_poses2d_says_and_a_3d_view(model_dir,
 
 
 def test_joint_sides_follow_the_name_prefixes():
-    sides = demo.joint_sides(skeletons.get('coco_19').names)
+    sides = skeletons.joint_sides(skeletons.get('coco_19').names)
     names = skeletons.get('coco_19').names
     assert sides[names.index('lsho')] == -1 and sides[names.index('rear')] == 1 and sides[names.index('nose')] == 0
-    assert demo.joint_sides(['lowerback', 'lhip', 'rhip']).tolist() == [0, -1, 1]
+    assert skeletons.joint_sides(['lowerback', 'lhip', 'rhip']).tolist() == [0, -1, 1]
 
 
 def test_demo_bad_arguments(model_dir, image_path, tmp_path, capsys):
