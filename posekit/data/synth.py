@@ -768,7 +768,8 @@ def render_example(spec: DatasetSpec, motion: PreparedMotion, split: str, index:
                          scale_jitter=float(np.exp(rng.uniform(-jitter, jitter))),
                          shift=tuple(rng.uniform(-jitter, jitter, 2)))
     rot, k = camera.rot_world_to_cam, camera.intrinsic_matrix
-    focal_original = geometry.fov_intrinsics(_uniform(rng, cam_spec.fov_deg), cam_spec.image_side_px, cam_spec.image_side_px)[0, 0]
+    side_px = cam_spec.image_side_px
+    focal_original = geometry.fov_intrinsics(_uniform(rng, cam_spec.fov_deg), side_px, side_px)[0, 0]
 
     scene = make_scene(spec, rng, seed, np.array([[root[0], root[2]], [center[0], center[2]]]))
     scene.shadow_xz = (float(root[0]), float(root[2]))
@@ -913,7 +914,8 @@ def render_video(spec: DatasetSpec, motion: PreparedMotion, clip: int, start: in
     ambient, diffuse = _uniform(rng, spec.appearance.ambient), _uniform(rng, spec.appearance.diffuse)
     n_clutter = int(rng.integers(spec.appearance.clutter[0], spec.appearance.clutter[1] + 1))
     clutter = _clutter(rng, scene, n_clutter, list(pelvis[::max(1, n_frames // 8)]) + [centers[0], centers[-1]])
-    focal_original = geometry.fov_intrinsics(_uniform(rng, cam_spec.fov_deg), cam_spec.image_side_px, cam_spec.image_side_px)[0, 0]
+    side_px = cam_spec.image_side_px
+    focal_original = geometry.fov_intrinsics(_uniform(rng, cam_spec.fov_deg), side_px, side_px)[0, 0]
     out = {k: [] for k in ('frames', 'intrinsics', 'coords2d', 'coords3d', 'joint_valid',
                            'rot_world_to_cam', 'optical_center')}
     for i in range(n_frames):
