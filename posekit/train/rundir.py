@@ -406,7 +406,7 @@ def _ignored(key: str, ignore: Iterable[str]) -> bool:
 
 
 def config_differences(recorded: Any, current: Any, ignore: Iterable[str] = ()) -> List[str]:
-    """Sorted dotted keys whose values differ between ``recorded`` and ``current`` (keys present in
+    """Sorted dotted keys (``''`` for a top-level value) whose values differ between ``recorded`` and ``current`` (keys present in
     only one count), except those matching ``ignore`` (exact dotted keys, ``fnmatch`` patterns such
     as ``'*.log_every'``, or a prefix that ignores everything below it).
 
@@ -450,7 +450,8 @@ def start_run(folder: PathLike, config: Any, data: Any = None, ignore: Iterable[
       config: the resolved configuration (a dataclass or mapping; everything that can change results,
         seed included).
       data: fingerprints of the inputs (e.g. ``{'shards': storage.fingerprint(paths)}``).
-      ignore: keys that may differ on resume (see :func:`config_differences`), e.g. logging intervals.
+      ignore: keys of ``config`` that may differ on resume (see :func:`config_differences`), e.g.
+        logging intervals; data fingerprints must always match.
 
     Returns:
       The record (as in ``run.json``).
@@ -473,7 +474,8 @@ def start_run(folder: PathLike, config: Any, data: Any = None, ignore: Iterable[
         write_json_atomic(os.path.join(folder, RUN_FILE), record)
         return record
     old = {'config': recorded['config'], 'data': recorded['data']}
-    differences = config_differences(old, current, ignore)
+    differences = sorted([f'config.{k}' for k in config_differences(old['config'], current['config'], ignore)]
+                         + [f'data.{k}' if k else 'data' for k in config_differences(old['data'], current['data'])])
     if differences:
         raise ConfigMismatchError(
             f'{os.path.join(folder, RUN_FILE)}: output folder {folder} holds a run with other settings '
