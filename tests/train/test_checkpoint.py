@@ -4,7 +4,6 @@ import pathlib
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
