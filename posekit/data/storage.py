@@ -582,10 +582,15 @@ class Shard:
     def images(self, indices) -> np.ndarray:
         """uint8 [n, S, S, 3] images of ``indices`` (any order, repeats allowed)."""
         indices = self._check_indices(indices)
-        unique, inverse = np.unique(indices, return_inverse=True)
+        if self._images is not None:  # memory-mapped or in memory: any order
+            data = np.asarray(self._images[indices])
+            if not self._verified[indices].all():
+                self._verify_rows(indices, data)
+            return data
+        unique, inverse = np.unique(indices, return_inverse=True)  # h5py reads need increasing indices
         data = self._read_images(unique)
         self._verify_rows(unique, data)
-        return data if unique.size == indices.size and np.array_equal(unique, indices) else data[inverse.reshape(-1)]
+        return data[inverse.reshape(-1)]
 
     def verify(self) -> None:
         """Checks every image not yet verified (``ShardError`` naming the first damaged example)."""
