@@ -877,7 +877,8 @@ def write_shard(path: PathLike, arrays: Mapping[str, np.ndarray], metadata: Mapp
         _seal(tmp)
         os.replace(tmp, path)
     except OSError as e:
-        raise OSError(e.errno, f'cannot write dataset shard {path}: {e.strerror or e}') from e
+        message = f'cannot write dataset shard {path}: {e.strerror or e}'
+        raise (OSError(e.errno, message) if e.errno else OSError(message)) from e
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

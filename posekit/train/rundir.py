@@ -207,7 +207,8 @@ def write_json_atomic(path: PathLike, value: Any) -> str:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        raise OSError(e.errno, f'cannot write {path}: {e.strerror or e}') from e
+        message = f'cannot write {path}: {e.strerror or e}'
+        raise (OSError(e.errno, message) if e.errno else OSError(message)) from e
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
