@@ -33,6 +33,7 @@ CMU capture at ``CMU_CAPTURE_FPS`` = 120; an explicit ``fps`` overrides both.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import math
 import os
@@ -149,10 +150,12 @@ def _parse_floats(reader: _Lines, tokens: Sequence[str], what: str) -> np.ndarra
 
 
 def _parse_hierarchy(reader: _Lines):
-    """Returns names, parents, offsets [J,3] (file units), channels per joint, end-site flags."""
+    """Returns names, parents, offsets [J,3] (file units), channels per joint, end-site flags and the
+    0-based line index of each joint's OFFSET."""
     names: List[str] = []
     parents: List[int] = []
     offsets: List[np.ndarray] = []
+    offset_lines: List[int] = []
     channels: List[List[str]] = []
     end_site: List[bool] = []
 
@@ -184,6 +187,7 @@ def _parse_hierarchy(reader: _Lines):
             raise reader.error(f'expected OFFSET x y z for {name!r}, got {" ".join(tokens)!r}',
                                reader.line_no - 1)
         offset = _parse_floats(reader, tokens[1:], f'OFFSET of {name!r}')
+        offset_line = reader.line_no - 1
         joint_channels: List[str] = []
         if kind != 'End':
             tokens = reader.next_tokens()
@@ -203,13 +207,16 @@ def _parse_hierarchy(reader: _Lines):
             if count not in (3, 6):
                 raise reader.error(f'joint {name!r} has {count} channels; expected 3 or 6',
                                    reader.line_no - 1)
-            for c in joint_channels:
+            for k, c in enumerate(joint_channels):
                 if c not in _POSITION_CHANNELS + _ROTATION_CHANNELS:
                     raise reader.error(f'unknown channel {c!r} of joint {name!r}', reader.line_no - 1)
+                if c in joint_channels[:k]:
+                    raise reader.error(f'joint {name!r} lists channel {c!r} twice', reader.line_no - 1)
         index = len(names)
         names.append(name)
         parents.append(parent)
         offsets.append(offset)
+        offset_lines.append(offset_line)
         channels.append(joint_channels)
         end_site.append(kind == 'End')
         stack.append(index)
@@ -221,7 +228,8 @@ def _parse_hierarchy(reader: _Lines):
             if head == '}':
                 stack.pop()
                 if not stack:
-                    return names, parents, np.stack(offsets), channels, np.array(end_site)
+                    return (names, parents, np.stack(offsets), channels, np.array(end_site),
+                            offset_lines)
                 continue
             if head == 'JOINT' and len(tokens) >= 2:
                 if end_site[stack[-1]]:
@@ -234,7 +242,8 @@ def _parse_hierarchy(reader: _Lines):
             raise reader.error(f'unexpected {" ".join(tokens)!r} in HIERARCHY', reader.line_no - 1)
 
 
-def _parse_motion(reader: _Lines, n_channels: int) -> Tuple[np.ndarray, float]:
+def _parse_motion(reader: _Lines, n_channels: int) -> Tuple[np.ndarray, float, int]:
+    """Returns the channel values [T, C], the frame time (s) and the 0-based line index of frame 0."""
     tokens = reader.next_tokens()
     if tokens[0].upper() != 'MOTION':
         raise reader.error(f'expected MOTION, got {" ".join(tokens)!r}', reader.line_no - 1)
@@ -249,6 +258,9 @@ def _parse_motion(reader: _Lines, n_channels: int) -> Tuple[np.ndarray, float]:
     frame_time = float(_parse_floats(reader, tokens[2:], 'Frame Time')[0])
     if frame_time <= 0:
         raise reader.error(f'Frame Time must be positive, got {frame_time}', reader.line_no - 1)
+    if not math.isfinite(1.0 / frame_time):
+        raise reader.error(f'Frame Time {tokens[2]} gives a non-finite frame rate (1 / {frame_time!r})',
+                           reader.line_no - 1)
 
     first = reader.i
     rows = [line for line in reader.lines[first:first + n_frames]]
@@ -281,7 +293,7 @@ def _parse_motion(reader: _Lines, n_channels: int) -> Tuple[np.ndarray, float]:
                 if not math.isfinite(v):
                     raise reader.error(f'non-finite value {t!r} in frame {k}', first + k)
         raise reader.error('could not parse motion values', first)  # pragma: no cover
-    return values.reshape(n_frames, n_channels), frame_time
+    return values.reshape(n_frames, n_channels), frame_time, first
 
 
 def resolve_unit(unit: Union[str, float], skeleton: Optional[str] = None,
@@ -339,11 +351,27 @@ def forward_kinematics(parents: Sequence[int], offsets: np.ndarray, local_rotati
     return positions, rotations
 
 
-def _rest_height(parents, offsets) -> float:
+def _rest_positions(parents, offsets) -> np.ndarray:
+    """[J, 3] joint positions of the rest pose (cumulative offsets, offset units)."""
     rest = np.zeros_like(offsets)
-    for j, p in enumerate(parents):
-        rest[j] = offsets[j] + (rest[p] if p != -1 else 0.0)
-    return float(rest[:, 1].max() - rest[:, 1].min())
+    with np.errstate(over='ignore', invalid='ignore'):
+        for j, p in enumerate(parents):
+            rest[j] = offsets[j] + (rest[p] if p != -1 else 0.0)
+    return rest
+
+
+def _check_rest_pose(reader: _Lines, names, parents, offsets, offset_lines, unit_mm: float) -> None:
+    """ValueError at the OFFSET line of the first joint whose rest position (or offset) in mm is not
+    finite: values so large that they overflow float64."""
+    with np.errstate(over='ignore', invalid='ignore'):
+        rest_mm = _rest_positions(parents, offsets) * unit_mm
+        offsets_mm = offsets * unit_mm
+    bad = ~(np.isfinite(rest_mm).all(-1) & np.isfinite(offsets_mm).all(-1))
+    if bad.any():
+        j = int(np.argmax(bad))  # parents precede children: the first one is the cause
+        raise reader.error(
+            f'OFFSET of {names[j]!r} is too large: the rest position is not finite in millimetres '
+            f'({unit_mm:g} mm per file unit)', offset_lines[j])
 
 
 def load_bvh(path: Union[str, os.PathLike], unit: Union[str, float] = 'auto',
@@ -360,21 +388,25 @@ def load_bvh(path: Union[str, os.PathLike], unit: Union[str, float] = 'auto',
 
     Raises:
       FileNotFoundError: the file does not exist.
-      ValueError: malformed file (truncated motion, wrong channel count, bad number, ...), naming
-        the file and the line.
+      ValueError: malformed file (truncated motion, wrong channel count, a channel listed twice,
+        bad or non-finite number, an OFFSET or channel value so large that a position overflows
+        float64 in millimetres, a non-positive Frame Time or one whose frame rate 1 / Frame Time
+        is not finite), naming the file and the line. A UTF-8 byte-order mark is accepted.
     """
     path = os.fspath(path)
     with open(path, 'rb') as f:
         raw = f.read()
+    if raw.startswith(codecs.BOM_UTF8):  # a UTF-8 byte-order mark (written by some Windows tools)
+        raw = raw[len(codecs.BOM_UTF8):]
     try:
         text = raw.decode('utf-8')
     except UnicodeDecodeError:
         text = raw.decode('latin-1')
     lines = text.splitlines()
     reader = _Lines(path, lines)
-    names, parents, offsets, channels, end_site = _parse_hierarchy(reader)
+    names, parents, offsets, channels, end_site, offset_lines = _parse_hierarchy(reader)
     n_channels = sum(len(c) for c in channels)
-    values, frame_time = _parse_motion(reader, n_channels)
+    values, frame_time, first_frame_line = _parse_motion(reader, n_channels)
     n_frames = values.shape[0]
     if n_frames == 0:
         raise reader.error('no frames in MOTION', reader.i)
@@ -399,18 +431,31 @@ def load_bvh(path: Union[str, os.PathLike], unit: Union[str, float] = 'auto',
         skeleton, convention, _ = skeletons.identify_bvh_skeleton(joint_only)
     except KeyError:
         skeleton, convention = None, None
-    unit_mm = resolve_unit(unit, skeleton, _rest_height(parents, offsets), path)
+    rest = _rest_positions(parents, offsets)
+    if not np.all(np.isfinite(rest)):
+        _check_rest_pose(reader, names, parents, offsets, offset_lines, 1.0)
+    unit_mm = resolve_unit(unit, skeleton, float(rest[:, 1].max() - rest[:, 1].min()), path)
+    _check_rest_pose(reader, names, parents, offsets, offset_lines, unit_mm)
     if fps == 'auto':
         fps_value = 1.0 / frame_time
         if convention == 'cmu_amc2bvh' and abs(frame_time - AMC2BVH_DEFAULT_FRAME_TIME) < 1e-5:
             fps_value = CMU_CAPTURE_FPS
-    elif isinstance(fps, (int, float)) and not isinstance(fps, bool) and fps > 0:
+    elif (isinstance(fps, (int, float)) and not isinstance(fps, bool) and fps > 0
+          and math.isfinite(fps)):
         fps_value = float(fps)
     else:
-        raise ValueError(f"fps must be 'auto' or a positive number, got {fps!r}")
-    positions, rotations = forward_kinematics(parents, offsets, local_rot, local_trans)
+        raise ValueError(f"fps must be 'auto' or a positive finite number, got {fps!r}")
+    with np.errstate(over='ignore', invalid='ignore'):
+        positions, rotations = forward_kinematics(parents, offsets, local_rot, local_trans)
+        positions_mm = positions * unit_mm
+    finite = np.isfinite(positions_mm).all(-1)
+    if not finite.all():
+        t, j = (int(i) for i in np.argwhere(~finite)[0])
+        raise reader.error(
+            f'frame {t}: the position of joint {names[j]!r} is not finite in millimetres (channel '
+            f'values too large: float64 overflow)', first_frame_line + t)
     return Motion(
-        positions=positions * unit_mm, joint_names=names, parents=list(parents),
+        positions=positions_mm, joint_names=names, parents=list(parents),
         fps=fps_value, rotations=rotations, offsets=offsets * unit_mm,
         is_end_site=end_site, unit_mm=unit_mm, skeleton=skeleton, convention=convention,
         source=path)

@@ -3,9 +3,14 @@
 Layout: ``<directory>/ckpt-<step:09d>/{state.npz, meta.json}``. A checkpoint is written into a hidden
 temporary directory (``.tmp-...``) whose files are fsync'ed, then renamed to its final name (an atomic
 ``rename(2)`` on POSIX file systems) and the parent directory fsync'ed. A process killed at any point
-(even SIGKILL) therefore leaves either the complete new checkpoint or none, and never damages older ones;
-leftover temporary directories are removed by the next save. Pruning renames old checkpoints to
-``.trash-...`` before deleting them, so a half-deleted checkpoint is never mistaken for a complete one.
+(even SIGKILL) therefore leaves either the complete new checkpoint or none, and never damages older ones.
+Pruning renames old checkpoints to ``.trash-...`` before deleting them, so a half-deleted checkpoint is
+never mistaken for a complete one.
+
+Temporary and trash directories are named ``.tmp-<step>-h<host tag>-p<pid>-<random>`` (and
+``.trash-<checkpoint>-h<host tag>-p<pid>-<random>``): the next save removes only those of its own process
+and those left by dead processes of the same host (:func:`remove_stale`), never another live process's
+checkpoint being written. (One run per folder is what :class:`posekit.train.rundir.RunLock` enforces.)
 
 These are plain functions on arrays; :mod:`posekit.train.loop` decides what goes in (model, optimizer
 and RNG state).
@@ -18,12 +23,16 @@ import uuid
 
 import numpy as np
 
+from posekit.train import rundir
+
 CHECKPOINT_PREFIX = 'ckpt-'
 STATE_FILE = 'state.npz'
 META_FILE = 'meta.json'
 _TMP_PREFIX = '.tmp-'
 _TRASH_PREFIX = '.trash-'
 _NAME_RE = re.compile(r'^ckpt-(\d+)$')
+_OWNED_RE = re.compile(r'^\.(?:tmp|trash)-.+-h(?P<host>[0-9a-f]{8})-p(?P<pid>\d+)-[0-9a-f]{8}$')
+_LEGACY_TMP_RE = re.compile(r'^\.tmp-\d+-(?P<pid>\d+)-[0-9a-f]+$')  # posekit before host tags
 #: NumPy dtype kinds np.savez stores natively; others (bfloat16...) are stored as raw unsigned ints.
 _NATIVE_KINDS = 'biufc'
 
@@ -65,12 +74,34 @@ def _fsync_dir(path):
         os.close(fd)
 
 
+def _owned_name(prefix, what):
+    return f'{prefix}{what}-h{rundir.host_tag()}-p{os.getpid()}-{uuid.uuid4().hex[:8]}'
+
+
+def is_stale(name):
+    """True if the temporary or trash directory ``name`` belongs to this process or to a dead process of
+    this host (so removing it cannot disturb a save in progress); False for anything else, including
+    another live process's directories and those of other hosts."""
+    match = _OWNED_RE.match(name)
+    if match:
+        if match.group('host') != rundir.host_tag():
+            return False
+        pid = int(match.group('pid'))
+        return pid == os.getpid() or not rundir.process_alive(pid)
+    match = _LEGACY_TMP_RE.match(name)
+    if match:
+        pid = int(match.group('pid'))
+        return pid == os.getpid() or not rundir.process_alive(pid)
+    return name.startswith(_TRASH_PREFIX)  # legacy trash: an old checkpoint being deleted anyway
+
+
 def remove_stale(directory):
-    """Deletes temporary and trash directories left by killed saves."""
+    """Deletes the temporary and trash directories of this process and of dead processes of this host
+    (left by killed saves); see :func:`is_stale`."""
     if not os.path.isdir(directory):
         return
     for name in os.listdir(directory):
-        if name.startswith((_TMP_PREFIX, _TRASH_PREFIX)):
+        if name.startswith((_TMP_PREFIX, _TRASH_PREFIX)) and is_stale(name):
             shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
 
 
@@ -108,7 +139,7 @@ def save_checkpoint(directory, step, arrays, meta, keep_last):
         _prune(directory, keep_last)
         return final
     encoded, dtypes = _encode(arrays)
-    tmp = os.path.join(directory, f'{_TMP_PREFIX}{int(step):09d}-{os.getpid()}-{uuid.uuid4().hex[:8]}')
+    tmp = os.path.join(directory, _owned_name(_TMP_PREFIX, f'{int(step):09d}'))
     os.makedirs(tmp)
     with open(os.path.join(tmp, STATE_FILE), 'wb') as f:
         np.savez(f, **encoded)
@@ -128,7 +159,7 @@ def save_checkpoint(directory, step, arrays, meta, keep_last):
 
 def _prune(directory, keep_last):
     for _, path in list_checkpoints(directory)[:-keep_last]:
-        trash = os.path.join(directory, f'{_TRASH_PREFIX}{os.path.basename(path)}-{uuid.uuid4().hex[:8]}')
+        trash = os.path.join(directory, _owned_name(_TRASH_PREFIX, os.path.basename(path)))
         os.rename(path, trash)
         shutil.rmtree(trash, ignore_errors=True)
 

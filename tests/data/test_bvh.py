@@ -155,3 +155,60 @@ def test_cross_convention_pair_agrees(cmu_mocap_dir):
     travel = np.linalg.norm(a[-1])
     assert travel > 1000.0  # a walk
     assert np.abs(a - b).max() < 0.1 * travel
+
+
+# Issue 18 item 6: values that overflow, absurd frame times, repeated channels, byte-order mark.
+@pytest.mark.parametrize('unit', ['cm', 'auto'])
+@pytest.mark.parametrize('mutate, message, line', [
+    # An OFFSET whose rest position overflows once in millimetres (1e308 cm = 1e309 mm).
+    (lambda t: t.replace('OFFSET 2 -10 0', 'OFFSET 1e308 -10 0'), "OFFSET of 'Leg'.*not finite", 17),
+    # A root position channel that overflows: reported at its frame's line.
+    (lambda t: t.replace('1 90 3 90 0 0', '1e308 90 3 90 0 0'), 'frame 1: .*not finite', 29),
+    (lambda t: t.replace('Frame Time: 0.04', 'Frame Time: 1e-320'), 'Frame Time 1e-320 gives a non-finite frame rate', 27),
+    (lambda t: t.replace('Frame Time: 0.04', 'Frame Time: 0'), 'Frame Time must be positive', 27),
+    (lambda t: t.replace('Frame Time: 0.04', 'Frame Time: -0.04'), 'Frame Time must be positive', 27),
+    (lambda t: t.replace('Frame Time: 0.04', 'Frame Time: inf'), 'non-finite number in Frame Time', 27),
+    (lambda t: t.replace('Frame Time: 0.04', 'Frame Time: 1e400'), 'non-finite number in Frame Time', 27),
+    (lambda t: t.replace('OFFSET 0 10 0', 'OFFSET 0 inf 0'), 'non-finite number in OFFSET', 8),
+    (lambda t: t.replace('CHANNELS 3 Xrotation Yrotation Zrotation', 'CHANNELS 3 Xrotation Xrotation Zrotation'),
+     "joint 'Chest' lists channel 'Xrotation' twice", 9),
+    (lambda t: t.replace('Xposition Yposition Zposition Zrotation', 'Xposition Xposition Zposition Zrotation'),
+     "joint 'Hips' lists channel 'Xposition' twice", 5),
+])
+def test_overflow_frame_time_and_repeated_channels_name_file_and_line(tmp_path, mutate, message, line, unit):
+    path = _write(tmp_path, mutate(SIMPLE), 'edge.bvh')
+    with pytest.raises(ValueError, match=message) as info:
+        bvh.load_bvh(path, unit=unit)
+    assert f'edge.bvh:{line}:' in str(info.value)
+
+
+def test_offsets_whose_sum_overflows_are_reported_at_the_child(tmp_path):
+    text = SIMPLE.replace('OFFSET 0 10 0', 'OFFSET 1e308 10 0').replace('OFFSET 0 5 0', 'OFFSET 1e308 5 0')
+    with pytest.raises(ValueError, match="edge.bvh:12: malformed BVH: OFFSET of 'Chest_End'.*not finite"):
+        bvh.load_bvh(_write(tmp_path, text, 'edge.bvh'), unit='mm')
+
+
+def test_huge_but_finite_values_load_with_finite_positions(tmp_path):
+    """Large values that stay finite in mm are not errors (only overflow is)."""
+    motion = bvh.load_bvh(_write(tmp_path, SIMPLE.replace('1 90 3 90 0 0', '1e300 90 3 90 0 0')), unit='cm')
+    assert np.all(np.isfinite(motion.positions)) and motion.positions[1, 0, 0] == pytest.approx(1e301)
+
+
+def test_explicit_fps_must_be_finite(tmp_path):
+    path = _write(tmp_path, SIMPLE)
+    with pytest.raises(ValueError, match="fps must be 'auto' or a positive finite number, got inf"):
+        bvh.load_bvh(path, unit='cm', fps=float('inf'))
+    assert bvh.load_bvh(path, unit='cm', fps=50.0).fps == 50.0
+
+
+def test_utf8_byte_order_mark_is_accepted(tmp_path):
+    plain = bvh.load_bvh(_write(tmp_path, SIMPLE), unit='cm')
+    path = tmp_path / 'bom.bvh'
+    path.write_bytes(b'\xef\xbb\xbf' + SIMPLE.encode('utf-8'))
+    with_bom = bvh.load_bvh(path, unit='cm')
+    np.testing.assert_array_equal(with_bom.positions, plain.positions)
+    assert with_bom.joint_names == plain.joint_names
+    # Line numbers of errors are unchanged by the mark.
+    path.write_bytes(b'\xef\xbb\xbf' + SIMPLE.replace('OFFSET 0 10 0', 'OFFSET 0 1O 0').encode('utf-8'))
+    with pytest.raises(ValueError, match='bom.bvh:8: malformed BVH: bad number in OFFSET'):
+        bvh.load_bvh(path, unit='cm')

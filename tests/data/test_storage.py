@@ -132,11 +132,11 @@ def _write_valid(path):
                     joint_space=list(spec.formats), joint_names=list(spec.joint_space.names), label_kind='3d',
                     crop_size=32, seed=0, motion_source='none', n_examples=0, split_examples=0,
                     first_index=0, shard_index=0, n_shards=1, dataset_index=0, spec_json=spec.to_json(),
-                    params_hash='0')
+                    params_hash='0', generation='0')
     return storage.write_shard(path, arrays, metadata)
 
 
-def test_corrupt_or_foreign_files_are_reported(tmp_path):
+def test_corrupt_or_foreign_files_are_reported(tmp_path, reseal):
     text = tmp_path / 'notes.h5'
     text.write_text('hello')
     with pytest.raises(ValueError, match='notes.h5: not an HDF5 file'):
@@ -150,16 +150,26 @@ def test_corrupt_or_foreign_files_are_reported(tmp_path):
     assert len(storage.open_shard(path)) == 0
     with h5py.File(path, 'a') as f:
         f.attrs['schema_version'] = 99
-    with pytest.raises(ValueError, match='ok.h5: schema version 99, this posekit reads version 1'):
+    with pytest.raises(ValueError, match='ok.h5: HDF5 metadata damaged'):  # an edit after writing ...
+        storage.read_metadata(path)
+    reseal(path)  # ... or a consistent file of another version
+    with pytest.raises(ValueError, match=f'ok.h5: schema version 99, this posekit reads schema version '
+                                         f'{storage.SCHEMA_VERSION}'):
         storage.read_metadata(path)
     with h5py.File(path, 'a') as f:
         del f.attrs['schema_version']
+    reseal(path)
     with pytest.raises(ValueError, match='ok.h5: missing schema_version'):
         storage.read_metadata(path)
     path = _write_valid(tmp_path / 'short.h5')
     with h5py.File(path, 'a') as f:
         f.attrs['n_examples'] = 4
-    with pytest.raises(ValueError, match=r'short.h5: truncated arrays: image has 0 rows, expected n_examples = 4'):
+        f.attrs['split_examples'] = 4
+    with pytest.raises(ValueError, match="short.h5: HDF5 metadata damaged"):
+        storage.open_shard(path)
+    reseal(path)
+    with pytest.raises(ValueError, match=r"short.h5: dataset 'image': truncated arrays: image has 0 rows, "
+                                         r"expected n_examples = 4"):
         storage.open_shard(path)
     with pytest.raises(FileNotFoundError):
         storage.open_shard(tmp_path / 'missing.h5')
@@ -216,6 +226,11 @@ def test_make_datasets_cli(tmp_path, capsys):
     shard = storage.open_shard(paths['mpi_like']['val'][0])
     assert len(shard) == synth.SIZE_PRESETS['smoke']['mpi_like'][1] and shard.metadata['seed'] == 2
     with open(paths['mpi_like']['val'][0], 'r+b') as f:
-        f.write(b'garbage!')
+        f.write(b'garbage!')  # a damaged shard of ours: regenerated with a warning
+    with pytest.warns(storage.DamagedShardWarning, match='integrity header missing'):
+        assert make_datasets.main(argv) == 0
+    assert len(storage.open_shard(paths['mpi_like']['val'][0], verify='full')) == len(shard)
+    with open(paths['mpi_like']['val'][0], 'wb') as f:
+        f.write(b'garbage!')  # not a posekit shard: refused
     assert make_datasets.main(argv) == 2
     assert 'not an HDF5 file' in capsys.readouterr().err

@@ -367,8 +367,11 @@ def test_checkpoint_files_are_atomic_and_pruned(tmp_path):
     assert meta['step'] == 3 and meta['note'] == 3
     assert loaded['b'].dtype == arrays['b'].dtype and np.array_equal(loaded['b'], arrays['b'])
     assert np.array_equal(loaded['a'], arrays['a'])
-    # a write killed midway leaves a temporary folder: ignored, and removed by the next save
-    stale = tmp_path / '.tmp-000000004-123-abcd'
+    # a write killed midway leaves a temporary folder: ignored, and removed by the next save (its
+    # owner, named in the folder, is dead: see tests/train/test_checkpoint.py for live owners)
+    dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+    dead.wait()
+    stale = tmp_path / f'.tmp-000000004-{dead.pid}-abcd'
     stale.mkdir()
     (stale / 'state.npz').write_bytes(b'partial')
     assert checkpoint_lib.latest_checkpoint(tmp_path).endswith('ckpt-000000003')
