@@ -245,7 +245,9 @@ def _h36m_examples():
         cam = cameras[f'{subject}/{name.split(".")[1].split("/")[0]}']
         k = np.array([[cam['f'][0][0], 0, cam['c'][0][0]], [0, cam['f'][1][0], cam['c'][1][0]], [0, 0, 1]])
         distortion = np.array([cam['k'][0][0], cam['k'][1][0], cam['p'][0][0], cam['p'][1][0], cam['k'][2][0]])
-        up = np.array(cam['R']) @ [0.0, 0.0, 1.0]  # Human3.6M's world is z up; here world = camera frame
+        # Human3.6M's world is z up; the files hold R camera -> world (see posekit.data.adapters.h36m); here
+        # the example's world frame is the camera frame, so its up direction is R^T z.
+        up = np.array(cam['R']).T @ [0.0, 0.0, 1.0]
         examples.append(_real_example(REAL / 'h36m' / name, k, distortion, up, data, i))
     return examples
 
