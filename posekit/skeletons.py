@@ -18,7 +18,11 @@ coco_19            COCO keypoints plus neck and pelvis, CMU Panoptic order
 mpi_inf_3dhp_17    MPI-INF-3DHP test-set order
 cmu_31             CMU ASF skeleton (BVH releases cmu_mb2, cmu_3dsmax, cmu_amc2bvh)
 cmu_daz_43         Daz-friendly CMU release (cmu_daz)
+coco_17            the 17 COCO keypoints in COCO's order (coco_19 without neck and pelvis, reordered)
+mpii_16            MPII Human Pose order (right ankle first, pelvis 6, thorax 7, upper neck 8, head top 9)
 =================  =======================================================================
+
+CMU Panoptic's ``hdPose3d_stage1_coco19`` joint order is exactly ``coco_19``.
 
 Example::
 
@@ -214,6 +218,14 @@ register(_make('coco_19', (
 register(_make('mpi_inf_3dhp_17', (
     'htop:head neck:head rsho:neck relb:rsho rwri:relb lsho:neck lelb:lsho lwri:lelb rhip:pelv '
     'rkne:rhip rank:rkne lhip:pelv lkne:lhip lank:lkne pelv:- spin:pelv head:spin')))
+# COCO's 17 keypoints (the official annotation order; edges along COCO's own skeleton).
+register(_make('coco_17', (
+    'nose:- leye:nose reye:nose lear:leye rear:reye lsho:nose rsho:nose lelb:lsho relb:rsho lwri:lelb '
+    'rwri:relb lhip:lsho rhip:rsho lkne:lhip rkne:rhip lank:lkne rank:rkne')))
+# MPII Human Pose: 0 r ankle ... 5 l ankle, 6 pelvis, 7 thorax, 8 upper neck, 9 head top, 10 r wrist ... 15 l wrist.
+register(_make('mpii_16', (
+    'rank:rkne rkne:rhip rhip:pelv lhip:pelv lkne:lhip lank:lkne pelv:- thor:pelv neck:thor htop:neck '
+    'rwri:relb relb:rsho rsho:thor lsho:thor lelb:lsho lwri:lelb')))
 # The CMU ASF skeleton as released in BVH form (cmu_mb2, cmu_3dsmax, cmu_amc2bvh): 31 joints in
 # file order. Names map from the BVH names through BVH_NAME_MAPS below.
 register(_make('cmu_31', (

@@ -38,6 +38,7 @@ import tensorflow as tf
 
 from posekit import geometry
 from posekit.data import augment as augment_lib
+from posekit.data import full_image
 
 DATASETS_3D = ('h36m_like', 'mpi_like', 'smpl_like')
 """Synthetic 3D datasets of posekit.data.synth, in batch order."""
@@ -383,7 +384,8 @@ def interleave_by_composition(streams: Mapping[str, ExampleSource], composition:
         raise ValueError(f'start_step must be an int in [0, {_MAX_STEP}], got {start_step!r}')
     if augment is not None and not isinstance(augment, augment_lib.AugmentConfig):
         raise ValueError(f'augment must be None or an AugmentConfig, got {type(augment).__name__}')
-    spec = _common_spec(streams, names)
+    full_names = [name for name in names if isinstance(streams[name], full_image.FullImageStream)]
+    spec = _mixed_spec(streams, names, full_names) if full_names else _common_spec(streams, names)
     if augment is not None:
         missing = {'image', 'intrinsics', 'coords3d', 'coords2d'} - set(spec)
         if missing:
@@ -420,6 +422,9 @@ def interleave_by_composition(streams: Mapping[str, ExampleSource], composition:
             batch = _mask_to_own_format(batch)
         return batch
 
+    if full_names:
+        make_batch = _mixed_batch_fn(streams, names, plan, spec, augment, mirror, mask_to_own_format)
+
     def build(first_step):
         dataset = tf.data.Dataset.counter(start=int(first_step), dtype=tf.int64)
         dataset = dataset.map(make_batch, num_parallel_calls=num_parallel_calls, deterministic=True)
@@ -430,6 +435,94 @@ def interleave_by_composition(streams: Mapping[str, ExampleSource], composition:
         return dataset.with_options(options)
 
     return ComposedBatches(build, int(start_step), names, batch_size)
+
+
+def _mixed_spec(streams, names, full_names):
+    """The crop-example spec of a composition with full-image streams (cropped at load time).
+
+    Every stream must yield :data:`posekit.data.full_image.CROP_FIELDS` with the same shapes: the full-image
+    streams' crop size and joint space fix them, the crop streams' other fields are dropped.
+    """
+    reference_name = full_names[0]
+    reference = streams[reference_name].crop_spec()
+    for name in names:
+        if name in full_names:
+            own = streams[name].crop_spec()
+        else:
+            fields = _field_spec(name, streams[name])
+            own = {f: fields[f] for f in full_image.CROP_FIELDS if f in fields}
+            own.setdefault('example_id', reference['example_id'])
+        if own != reference:
+            raise ValueError(f'stream {name!r} has crop fields {_describe(own)}, but full-image stream '
+                             f'{reference_name!r} makes {_describe(reference)}; all streams must agree '
+                             '(crop size, joint space, dtypes)')
+    spec = dict(reference)
+    spec['dataset'] = ((), np.dtype(np.int32))
+    spec['position'] = ((), np.dtype(np.int64))
+    return dict(sorted(spec.items()))
+
+
+def _mixed_batch_fn(streams, names, plan, spec, augment, mirror, mask_to_own_format):
+    """``make_batch(step)`` of a composition with full-image streams: one block per dataset, crop streams
+    augmented as usual (:func:`posekit.data.augment.augment_batch`), full-image streams cropped at load time
+    (:func:`posekit.data.full_image.crop_batch`) with the same keys (seed, stream key, position)."""
+    crop_fields = [f for f in spec if f not in ('dataset', 'position')]
+    keys_table = np.array(plan.keys, np.int64)
+
+    def block_fn(d, name):
+        stream = streams[name]
+        if isinstance(stream, full_image.FullImageStream):
+            raw_spec = stream.raw_spec()
+            fields = list(raw_spec)
+            dtypes = [raw_spec[f].dtype for f in fields]
+            shapes = {f: raw_spec[f].shape for f in fields}
+        else:
+            fields = crop_fields
+            dtypes = [tf.as_dtype(spec[f][1]) for f in fields]
+            shapes = {f: spec[f][0] for f in fields}
+
+        def read(step):
+            indices, positions = plan.batch(int(step))[d]
+            if isinstance(stream, full_image.FullImageStream):
+                arrays = stream.get_raw(indices)
+            else:
+                arrays = stream.get(indices)
+                if 'example_id' not in arrays:
+                    arrays = dict(arrays, example_id=indices)
+            return [np.asarray(arrays[f], dtype=object if dt == tf.string else dt.as_numpy_dtype)
+                    for f, dt in zip(fields, dtypes)] + [positions]
+
+        def block(step):
+            count = plan.counts[d]
+            values = tf.numpy_function(read, [step], dtypes + [tf.int64], stateful=False)
+            out = {}
+            for f, v in zip(fields, values[:-1]):
+                v.set_shape((count,) + tuple(shapes[f]))
+                out[f] = v
+            positions = values[-1]
+            positions.set_shape((count,))
+            keys = tf.stack([tf.fill([count], tf.constant(plan.seed, tf.int64)),
+                             tf.fill([count], tf.constant(keys_table[d])), positions], axis=-1)
+            if isinstance(stream, full_image.FullImageStream):
+                out = full_image.crop_batch(out, stream, keys, augment)
+            elif augment is not None:
+                out = augment_lib.augment_batch(out, keys, augment, mirror)
+            out = {f: out[f] for f in crop_fields}
+            out['dataset'] = tf.fill([count], tf.constant(d, tf.int32))
+            out['position'] = positions
+            return out
+        return block
+
+    blocks = [block_fn(d, name) for d, name in enumerate(names)]
+
+    def make_batch(step):
+        parts = [block(step) for block in blocks]
+        batch = {f: tf.concat([p[f] for p in parts], axis=0) for f in parts[0]}
+        if mask_to_own_format:
+            batch = _mask_to_own_format(batch)
+        return batch
+
+    return make_batch
 
 
 class ComposedBatches(tf.data.Dataset):

@@ -725,23 +725,13 @@ def _labels(camera: geometry.Camera, joints_world: np.ndarray):
     return coords3d, coords2d
 
 
-def render_example(spec: DatasetSpec, motion: PreparedMotion, split: str, index: int, seed: int = 0,
-                   dataset_index: int = 0) -> Dict[str, np.ndarray]:
-    """One example of ``spec`` (data contract), a pure function of (seed, spec, split, index).
+def _render_person(spec: DatasetSpec, motion: PreparedMotion, split: str, index: int, seed: int,
+                   full_frame: Optional[Tuple[int, int]] = None, distortion_coeffs=None):
+    """The scene of example ``index`` rendered through its crop camera, or (``full_frame`` = (H, W)) through
+    the original upright camera that the crop was cut from (same random draws either way), optionally with
+    OpenCV lens distortion (``distortion_coeffs``, full frames only).
 
-    Args:
-      spec: the dataset.
-      motion: :class:`PreparedMotion` of the split's clips (joint space ``spec.formats``).
-      split: 'train', 'val' or 'test'.
-      index: example index within the split.
-      seed: the generation seed.
-      dataset_index: value of the ``dataset`` field.
-
-    Returns:
-      dict: ``image`` uint8 [S, S, 3], ``intrinsics`` float32 [3, 3] px, ``coords3d`` float32
-      [J_all, 3] mm (crop camera frame), ``coords2d`` float32 [J_all, 2] px, ``joint_valid`` bool
-      [J_all], ``is_3d`` bool, ``dataset`` int32, ``example_id`` int64, ``clip_index`` int32,
-      ``frame_index`` int32.
+    Returns (image uint8, camera, joints world [J_all, 3] mm, landmarks world, clip, frame).
     """
     if tuple(motion.formats) != spec.formats:
         raise ValueError(f'motion was prepared for formats {motion.formats}, but the spec needs {spec.formats}')
@@ -767,9 +757,34 @@ def render_example(spec: DatasetSpec, motion: PreparedMotion, split: str, index:
     camera = crop_camera(center, root, lm, size, roll, cam_spec.box_margin,
                          scale_jitter=float(np.exp(rng.uniform(-jitter, jitter))),
                          shift=tuple(rng.uniform(-jitter, jitter, 2)))
-    rot, k = camera.rot_world_to_cam, camera.intrinsic_matrix
     side_px = cam_spec.image_side_px
     focal_original = geometry.fov_intrinsics(_uniform(rng, cam_spec.fov_deg), side_px, side_px)[0, 0]
+    shape = (size, size)
+    if full_frame is not None:
+        # The original camera: upright towards the person, rolled like the crop, the drawn field of view
+        # along the larger side of the requested frame.
+        shape = tuple(int(v) for v in full_frame)
+        upright = geometry.upright_rotation(root - center, WORLD_UP)
+        k = geometry.fov_intrinsics(2.0 * math.degrees(math.atan(side_px / 2.0 / focal_original)), *shape)
+        camera = geometry.Camera(center, geometry.roll_flip_rotation(upright, roll), k, distortion_coeffs,
+                                 world_up=WORLD_UP)
+    rot, k = camera.rot_world_to_cam, camera.intrinsic_matrix
+    render_shape, render_k, source = shape, k, None
+    if full_frame is not None and distortion_coeffs is not None:
+        # Each pixel of the distorted frame shows the undistorted view at its undistorted position: render
+        # the undistorted view on a canvas that holds all those positions, then resample.
+        grid = np.stack(np.meshgrid(np.arange(shape[1], dtype=np.float64), np.arange(shape[0], dtype=np.float64)),
+                        -1)
+        source = camera.copy(distortion_coeffs=None).camera_to_image(camera.image_to_camera(grid, 1.0))
+        if not np.all(np.isfinite(source)):
+            raise ValueError(f'distortion_coeffs {np.asarray(distortion_coeffs).tolist()} are not invertible '
+                             f'over the {shape} frame')
+        low = np.floor(source.reshape(-1, 2).min(0)) - 1
+        high = np.ceil(source.reshape(-1, 2).max(0)) + 1
+        render_k = k.copy()
+        render_k[:2, 2] -= low
+        render_shape = (int(high[1] - low[1]) + 1, int(high[0] - low[0]) + 1)
+        source = (source - low).astype(np.float32)
 
     scene = make_scene(spec, rng, seed, np.array([[root[0], root[2]], [center[0], center[2]]]))
     scene.shadow_xz = (float(root[0]), float(root[2]))
@@ -786,19 +801,80 @@ def render_example(spec: DatasetSpec, motion: PreparedMotion, split: str, index:
     capsules = render.Capsules.concatenate(parts).transformed(rot, camera.optical_center)
     light, ambient, diffuse = _light(rng, spec, rot)
 
-    image, depth = render.render_background(scene, k, rot, camera.optical_center, (size, size),
+    image, depth = render.render_background(scene, render_k, rot, camera.optical_center, render_shape,
                                              subsample=BACKGROUND_SUBSAMPLE)
-    render.draw_capsules(image, depth, k, capsules, light, ambient, diffuse, up_dir=rot @ np.array(WORLD_UP))
-    image = _finish(image, rng, spec, k[0, 0], focal_original)
+    render.draw_capsules(image, depth, render_k, capsules, light, ambient, diffuse,
+                         up_dir=rot @ np.array(WORLD_UP))
+    if source is not None:
+        image = cv2.remap(image, source[..., 0], source[..., 1], cv2.INTER_LINEAR)
+    image = _finish(image, rng, spec, k[0, 0], focal_original if full_frame is None else k[0, 0])
+    return image, camera, joints, lm, clip, frame
 
+
+def render_example(spec: DatasetSpec, motion: PreparedMotion, split: str, index: int, seed: int = 0,
+                   dataset_index: int = 0) -> Dict[str, np.ndarray]:
+    """One example of ``spec`` (data contract), a pure function of (seed, spec, split, index).
+
+    Args:
+      spec: the dataset.
+      motion: :class:`PreparedMotion` of the split's clips (joint space ``spec.formats``).
+      split: 'train', 'val' or 'test'.
+      index: example index within the split.
+      seed: the generation seed.
+      dataset_index: value of the ``dataset`` field.
+
+    Returns:
+      dict: ``image`` uint8 [S, S, 3], ``intrinsics`` float32 [3, 3] px, ``coords3d`` float32
+      [J_all, 3] mm (crop camera frame), ``coords2d`` float32 [J_all, 2] px, ``joint_valid`` bool
+      [J_all], ``is_3d`` bool, ``dataset`` int32, ``example_id`` int64, ``clip_index`` int32,
+      ``frame_index`` int32.
+    """
+    image, camera, joints, _, clip, frame = _render_person(spec, motion, split, index, seed)
     coords3d, coords2d = _labels(camera, joints)
     space = spec.joint_space
     return dict(
-        image=image, intrinsics=k.astype(np.float32), coords3d=coords3d, coords2d=coords2d,
+        image=image, intrinsics=camera.intrinsic_matrix.astype(np.float32), coords3d=coords3d, coords2d=coords2d,
         joint_valid=space.format_mask(spec.fmt), is_3d=np.bool_(spec.label_kind == '3d'),
         dataset=np.int32(dataset_index),
         example_id=np.int64(SPLIT_CODES[split] * EXAMPLE_ID_SPLIT_STRIDE + index),
         clip_index=np.int32(clip), frame_index=np.int32(frame))
+
+
+def render_full_frame(spec: DatasetSpec, motion: PreparedMotion, split: str, index: int, seed: int = 0,
+                      image_shape: Tuple[int, int] = (480, 640), distortion_coeffs=None) -> Dict:
+    """Example ``index`` of ``spec`` as a full camera frame with its camera: a full-image example.
+
+    The same person, scene and draws as :func:`render_example`, rendered through the original upright camera
+    (the crop's field of view along the larger side of ``image_shape``); with ``distortion_coeffs`` (OpenCV,
+    5 coefficients) each pixel of the frame shows the undistorted view at its undistorted position (rendered on a
+    large enough canvas) and the 2D labels are the distorted projections.
+
+    Returns:
+      dict with ``image`` uint8 [H, W, 3] and the fields of the full-image example contract
+      (:mod:`posekit.data.examples`): ``intrinsics`` [3, 3], ``rotation`` [3, 3] and ``translation`` [3] (mm,
+      world -> camera), ``distortion`` [5], ``world_up`` [3], ``box`` [4] (x, y, w, h px: the box of the body's
+      landmarks, as a detector would give), ``joints3d`` [J, 3] world mm and ``joints2d`` [J, 2] px of the
+      dataset's skeleton, ``joint_valid`` [J], ``is_3d``, ``skeleton``, ``dataset``, ``subject``, ``sequence``,
+      ``frame``.
+    """
+    image, camera, joints, lm, clip, frame = _render_person(spec, motion, split, index, seed,
+                                                            full_frame=image_shape,
+                                                            distortion_coeffs=distortion_coeffs)
+    distortion = np.zeros(5)
+    if distortion_coeffs is not None:
+        distortion[:len(distortion_coeffs)] = np.asarray(distortion_coeffs, np.float64)[:5]
+    sl = spec.joint_space.slices[spec.fmt]
+    joints = np.asarray(joints, np.float64)[sl]
+    uv = camera.world_to_image(lm)
+    low, high = uv.min(0), uv.max(0)
+    return dict(
+        image=image, intrinsics=camera.intrinsic_matrix, rotation=camera.rot_world_to_cam,
+        translation=-camera.rot_world_to_cam @ camera.optical_center, distortion=distortion,
+        world_up=np.asarray(WORLD_UP, np.float64), box=np.concatenate([low, high - low]).astype(np.float32),
+        joints3d=joints.astype(np.float32), joints2d=camera.world_to_image(joints).astype(np.float32),
+        joint_valid=np.ones(len(joints), bool), is_3d=np.bool_(spec.label_kind == '3d'), skeleton=spec.fmt,
+        dataset=spec.name, subject=str(motion.subjects[clip]), sequence=f'{spec.name}/{split}/{clip}',
+        frame=np.int64(frame))
 
 
 def generate_examples(spec: DatasetSpec, motion: PreparedMotion, split: str, start: int, count: int,
