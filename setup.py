@@ -10,7 +10,8 @@ setup(
     ),
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["posekit", "posekit.*", "experiments", "experiments.*", "tools", "tools.*"]),
+    # Only the library is installed: experiments/ and tools/ run from the clone with `python -m`.
+    packages=find_packages(include=["posekit", "posekit.*"]),
     install_requires=[
         "tensorflow>=2.16",
         "keras>=3.0",

@@ -1,39 +1,271 @@
-"""Shared plumbing of the experiments: presets, overrides, motion folders and result files.
+"""Shared plumbing of the experiments: flags, presets, overrides, the entry point, checks, results files.
 
-Only experiments turn flags into constructor arguments (library code reads no flags). Each
-experiment defines a frozen dataclass config with presets (``smoke``, ``default``/``quick``,
-``paper``); ``--set key=value`` overrides single fields, and unknown keys are errors.
+Only experiments turn flags into constructor arguments (library code reads no flags). Each experiment defines a
+frozen dataclass config with presets ``smoke``, ``default`` (the CPU preset) and ``paper``; ``--set key=value``
+overrides single fields, and unknown keys are errors.
+
+Every experiment's ``main`` goes through :func:`run_main` (user errors: one line on stderr and exit status 2, a
+traceback only with ``--debug``; Ctrl-C: one line and exit status 130) and writes its ``results.json`` with
+:func:`write_results` in the one schema :data:`RESULTS_SCHEMA` describes (validated by :func:`validate_results`):
+
+=================  ===================================================================================
+key                content
+=================  ===================================================================================
+schema_version     int, :data:`RESULTS_SCHEMA_VERSION`
+experiment         str, the module name (``metrabs_acae``, ``gcn_weight_sharing``, ...)
+preset             str, the ``--preset`` the config started from
+config             dict, the resolved config (every field)
+seeds              list of int, the training seeds of the run
+context            dict: ``machine`` (:func:`machine_context`), ``timings`` ({wall_s, cpu_s} per phase,
+                   :class:`PhaseClock`), and whatever else the experiment records (data, motion, training)
+results            dict, the experiment's measurements (its docstring says what)
+checks             list of {claim: str, holds: bool or null, evidence: str} (:class:`Check`)
+=================  ===================================================================================
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import math
 import os
 import pathlib
+import platform
+import sys
 import tempfile
-from typing import Any, Dict, Mapping, Optional, Sequence, TypeVar
+import time
+import traceback
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TypeVar
 
-from absl import flags
+from absl import app, flags
 
 from posekit.data import mocap
 
 C = TypeVar('C')
 
 
-def define_common_flags(presets: Sequence[str], default_preset: str, default_out: str):
-    """Defines --preset, --out, --mocap-dir, --test-mocap-dir, --seed, --set in absl.flags."""
-    flags.DEFINE_enum('preset', default_preset, list(presets), 'Configuration preset.')
+PRESET_NAMES = ('smoke', 'default', 'paper')
+"""Every experiment's presets: seconds-to-minutes machinery check, the CPU run, the papers' sizes."""
+
+RESULTS_SCHEMA_VERSION = 1
+RESULTS_SCHEMA = {'schema_version': int, 'experiment': str, 'preset': str, 'config': dict, 'seeds': list,
+                  'context': dict, 'results': dict, 'checks': list}
+"""Top-level keys of results.json and their types (module docstring)."""
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+               FileExistsError)
+"""Exceptions that mean "the input or the command is wrong": reported in one line (no traceback)."""
+
+
+def define_common_flags(default_out: str, mocap: bool = True, test_mocap: bool = True):
+    """Defines --preset, --out, --seed, --set, --debug and (when the experiment uses them) --mocap-dir and
+    --test-mocap-dir in absl.flags."""
+    flags.DEFINE_enum('preset', 'default', list(PRESET_NAMES), 'Configuration preset.')
     flags.DEFINE_string('out', default_out, 'Output directory for results, checkpoints, plots.')
-    flags.DEFINE_string(
-        'mocap-dir', 'auto',
-        "Folder of BVH training motion. 'auto': ../shared/data/cmu_mocap if present, else the "
-        "embedded procedural motion; 'procedural' forces the embedded motion.")
-    flags.DEFINE_string(
-        'test-mocap-dir', None,
-        'Folder of BVH files held out as the external test set (all of it is used for testing).')
-    flags.DEFINE_integer('seed', 0, 'Random seed (data order, augmentation, initialisation).')
+    if mocap:
+        flags.DEFINE_string(
+            'mocap-dir', 'auto',
+            "Folder of BVH training motion. 'auto': ../shared/data/cmu_mocap if present, else the "
+            "embedded procedural motion; 'procedural' forces the embedded motion.")
+    if test_mocap:
+        flags.DEFINE_string(
+            'test-mocap-dir', None,
+            'Folder of BVH files held out as the external test set (all of it is used for testing).')
+    flags.DEFINE_integer('seed', 0, 'Random seed (data order, augmentation, initialisation).', lower_bound=0)
     flags.DEFINE_multi_string('set', [], 'Override a config field: --set key=value (repeatable).')
+    flags.DEFINE_bool('debug', False, 'Show the full traceback of errors.')
+
+
+def resolve_config(presets: Mapping[str, C], preset: str, overrides: Sequence[str]) -> C:
+    """The preset's config with ``--set`` overrides applied (errors name the preset or key)."""
+    return apply_overrides(get_preset(presets, preset), overrides)
+
+
+def test_mocap_dir(value: Optional[str]) -> Optional[str]:
+    """``--test-mocap-dir``: None, or an existing folder (else FileNotFoundError naming it)."""
+    if value and not os.path.isdir(value):
+        raise FileNotFoundError(f'--test-mocap-dir {value!r} is not a directory')
+    return value or None
+
+
+def stderr_log(message: str) -> None:
+    """The experiments' log: one line to stderr, flushed."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_main(main: Callable[[List[str]], Any], name: Optional[str] = None) -> None:
+    """``absl.app.run(main)`` with the experiments' error manners.
+
+    User errors (a flag that does not parse, :data:`USER_ERRORS` such as a bad ``--set`` value or a missing
+    folder) print ``<name>: error: <message>`` on stderr and exit with status 2; with ``--debug`` the traceback follows. Ctrl-C prints one line
+    and exits with status 130. Anything else is a bug: the traceback is printed and the status is 1.
+    """
+    name = name or os.path.basename(sys.argv[0]).replace('.py', '')
+
+    def wrapped(argv):
+        try:
+            return main(argv)
+        except KeyboardInterrupt:
+            print(f'{name}: interrupted', file=sys.stderr, flush=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except USER_ERRORS as e:
+            debug = flags.FLAGS['debug'].value if 'debug' in flags.FLAGS else False
+            if debug:
+                traceback.print_exc()
+            message = e.args[0] if isinstance(e, KeyError) and e.args else e
+            print(f'{name}: error: {message}', file=sys.stderr, flush=True)
+            sys.exit(EXIT_USER_ERROR)
+
+    def parse_flags(argv):
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as e:
+            print(f'{name}: error: {e}', file=sys.stderr, flush=True)
+            sys.exit(EXIT_USER_ERROR)
+
+    app.run(wrapped, flags_parser=parse_flags)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks, timings, machine, results
+# ----------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One acceptance check of an experiment: the claim, whether it holds (None: not measurable here) and the
+    numbers that decide it."""
+
+    claim: str
+    holds: Optional[bool]
+    evidence: str = ''
+
+    def __post_init__(self):
+        if not isinstance(self.claim, str) or not self.claim:
+            raise ValueError(f'claim must be a non-empty str, got {self.claim!r}')
+        if self.holds is not None and not isinstance(self.holds, bool):
+            object.__setattr__(self, 'holds', bool(self.holds))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dict(claim=self.claim, holds=self.holds, evidence=self.evidence)
+
+    def markdown(self) -> str:
+        verdict = {True: 'holds', False: 'does NOT hold', None: 'not measured'}[self.holds]
+        return f'- **{verdict}**: {self.claim}' + (f' ({self.evidence})' if self.evidence else '')
+
+
+class PhaseClock:
+    """Wall-clock and CPU seconds per phase (CPU: this process and its finished child processes).
+
+    On a machine shared with other jobs the wall time grows with the load while the CPU time stays about the
+    same; CPU seconds / cores bounds the wall time on an idle machine from below.
+    """
+
+    def __init__(self):
+        self.wall: Dict[str, float] = {}
+        self.cpu: Dict[str, float] = {}
+        self._start_wall, self._start_cpu = time.perf_counter(), self.cpu_seconds()
+
+    @staticmethod
+    def cpu_seconds() -> float:
+        t = os.times()
+        return t.user + t.system + t.children_user + t.children_system
+
+    @contextlib.contextmanager
+    def phase(self, name: str):
+        wall, cpu = time.perf_counter(), self.cpu_seconds()
+        try:
+            yield
+        finally:
+            self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - wall
+            self.cpu[name] = self.cpu.get(name, 0.0) + self.cpu_seconds() - cpu
+
+    def total_wall(self) -> float:
+        return time.perf_counter() - self._start_wall
+
+    def summary(self) -> Dict[str, Dict[str, float]]:
+        """{'wall_s': {phase: s, ..., 'total': s}, 'cpu_s': {...}} (since the clock was made)."""
+        wall = dict(self.wall, total=time.perf_counter() - self._start_wall)
+        cpu = dict(self.cpu, total=self.cpu_seconds() - self._start_cpu)
+        return {'wall_s': {k: round(v, 1) for k, v in wall.items()},
+                'cpu_s': {k: round(v, 1) for k, v in cpu.items()}}
+
+
+def machine_context() -> Dict[str, Any]:
+    """The machine a result was measured on: cores, load average, Python, TF, Keras and NumPy versions."""
+    import numpy as np
+    context = dict(cpus=os.cpu_count(), platform=platform.platform(), python=platform.python_version(),
+                   numpy=np.__version__)
+    if hasattr(os, 'getloadavg'):
+        context['load_average'] = [round(v, 2) for v in os.getloadavg()]
+    for module in ('tensorflow', 'keras'):
+        if module in sys.modules:
+            context[module] = getattr(sys.modules[module], '__version__', '?')
+    return context
+
+
+def fmt(value, spec: str = '.1f', missing: str = '') -> str:
+    """A number for a report: ``format(value, spec)``; None or NaN -> ``missing``; non-numbers as str."""
+    if value is None:
+        return missing
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, float) and math.isnan(value):
+            return missing
+        return format(value, spec)
+    try:
+        import numpy as np
+        if isinstance(value, np.generic):
+            return fmt(value.item(), spec, missing)
+    except ImportError:  # pragma: no cover
+        pass
+    return str(value)
+
+
+def write_results(out, experiment: str, preset: str, config, seeds: Sequence[int], results: Mapping,
+                  checks: Sequence[Check], context: Optional[Mapping] = None, clock: Optional[PhaseClock] = None):
+    """Writes ``<out>/results.json`` in the one schema (module docstring); returns the written dict."""
+    context = dict(context or {})
+    context.setdefault('machine', machine_context())
+    if clock is not None:
+        context['timings'] = clock.summary()
+    record = dict(schema_version=RESULTS_SCHEMA_VERSION, experiment=experiment, preset=preset,
+                  config=dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config),
+                  seeds=[int(s) for s in seeds], context=context, results=dict(results),
+                  checks=[c.to_dict() if isinstance(c, Check) else dict(c) for c in checks])
+    validate_results(record)
+    write_json(pathlib.Path(out) / 'results.json', record)
+    return record
+
+
+def validate_results(record: Mapping) -> None:
+    """Raises ``ValueError`` naming the key when ``record`` is not a results.json of the one schema."""
+    if not isinstance(record, Mapping):
+        raise ValueError(f'results must be a dict, got {type(record).__name__}')
+    for key, kind in RESULTS_SCHEMA.items():
+        if key not in record:
+            raise ValueError(f'results.json lacks the key {key!r} (schema: {list(RESULTS_SCHEMA)})')
+        if not isinstance(record[key], kind) or (kind is int and isinstance(record[key], bool)):
+            raise ValueError(f'results.json key {key!r} must be a {kind.__name__}, got {type(record[key]).__name__}')
+    extra = sorted(set(record) - set(RESULTS_SCHEMA))
+    if extra:
+        raise ValueError(f'results.json has keys outside the schema: {extra}')
+    if record['schema_version'] != RESULTS_SCHEMA_VERSION:
+        raise ValueError(f'results.json schema_version {record["schema_version"]}, expected {RESULTS_SCHEMA_VERSION}')
+    if record['preset'] not in PRESET_NAMES:
+        raise ValueError(f'results.json preset must be one of {PRESET_NAMES}, got {record["preset"]!r}')
+    if not all(isinstance(s, int) for s in record['seeds']) or not record['seeds']:
+        raise ValueError(f'results.json seeds must be a non-empty list of ints, got {record["seeds"]!r}')
+    for k, check in enumerate(record['checks']):
+        if not isinstance(check, Mapping) or set(check) != {'claim', 'holds', 'evidence'}:
+            raise ValueError(f'results.json checks[{k}] must have exactly claim, holds, evidence; got {check!r}')
+        if not isinstance(check['claim'], str) or check['holds'] not in (True, False, None) \
+                or not isinstance(check['evidence'], str):
+            raise ValueError(f'results.json checks[{k}] has a wrong type: {check!r}')
+    for key in ('machine', 'timings'):
+        if key not in record['context']:
+            raise ValueError(f'results.json context lacks {key!r}')
 
 
 def resolve_mocap_dir(value: Optional[str]) -> Optional[str]:
@@ -54,10 +286,12 @@ def _coerce(value: str, current: Any, key: str):
         if value.lower() in ('0', 'false', 'no'):
             return False
         raise ValueError(f'--set {key}: expected a boolean, got {value!r}')
-    if isinstance(current, int):
-        return int(value)
-    if isinstance(current, float):
-        return float(value)
+    if isinstance(current, (int, float)):
+        try:
+            return type(current)(value)
+        except ValueError:
+            raise ValueError(f'--set {key}: expected {"an int" if isinstance(current, int) else "a number"}, '
+                             f'got {value!r}') from None
     if isinstance(current, tuple):
         items = [v for v in value.split(',') if v]
         if current and not isinstance(current[0], str):

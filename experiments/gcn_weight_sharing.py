@@ -1,6 +1,6 @@
 """Weight sharing in graph networks for 2D-to-3D pose lifting (Liu et al., ECCV 2020), Tables 2-4.
 
-    python -m experiments.gcn_weight_sharing --preset=quick --out runs/gcn_ws \\
+    python -m experiments.gcn_weight_sharing --preset=default --out runs/gcn_ws \\
         [--mocap-dir ../shared/data/cmu_mocap] [--test-mocap-dir ../shared/data/cmu_mocap_test] \\
         [--seeds 0,1,2] [--dataset cmu|h36m --data-dir DIR [--h36m-cameras cams.json]] \\
         [--set key=value ...]
@@ -43,13 +43,13 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from absl import app, flags
+from absl import flags
 
 import numpy as np
 
 from experiments import common
 
-PRESET_NAMES = ('smoke', 'quick', 'paper')
+EXPERIMENT = 'gcn_weight_sharing'
 TABLES = ('2', '3', '4')
 LOSSES = ('mse', 'mpjpe')
 DATASETS = ('cmu', 'h36m')
@@ -163,7 +163,7 @@ PRESETS = {
                     procedural_subjects=5, procedural_clips=2, procedural_seconds=4.0),
     # The 8 Table 3 variants and the Table 2 pairs (11 runs) in <= 15 min on 2 cores.
     # On Human3.6M it uses every 5th frame (10 fps) for training and testing; paper: every frame.
-    'quick': Config(steps=800, batch_size=128, eval_every=200, val_curve_examples=2048,
+    'default': Config(steps=800, batch_size=128, eval_every=200, val_curve_examples=2048,
                     h36m_frame_step=5, h36m_test_frame_step=5),
     # The paper's controlled settings (SemGCN's recipe: Adam 1e-3, x0.96 every 100k steps, batch
     # 64, gradient norm clipped to 1) with all three tables; for a GPU or a long CPU run.
@@ -282,9 +282,8 @@ def evaluate_set(model, lifting_set, predict_fn=None) -> Dict[str, float]:
 
 def mean_pose_metrics(train_set, eval_set) -> Dict[str, float]:
     """Metrics of always predicting the training set's mean root-relative pose."""
-    from posekit.eval import metrics
-    mean = train_set.targets.astype(np.float64).mean(axis=0)
-    pred = np.broadcast_to(mean, eval_set.targets.shape)
+    from posekit.eval import baselines, metrics
+    pred = baselines.mean_pose_predictions(train_set.targets, len(eval_set.targets))
     return metrics.evaluate(pred, eval_set.targets.astype(np.float64))
 
 
@@ -387,10 +386,11 @@ def _stats(values: Sequence[float]) -> Tuple[float, float, int]:
 
 
 def _fmt(values: Sequence[float]) -> str:
+    """Mean (± std over seeds) of the finite values, or '' when there are none."""
     mean, std, n = _stats(values)
     if n == 0:
         return ''
-    return f'{mean:.1f}' if n == 1 else f'{mean:.1f} ± {std:.1f}'
+    return common.fmt(mean) if n == 1 else f'{common.fmt(mean)} ± {common.fmt(std)}'
 
 
 def _grouped(records, table):
@@ -402,8 +402,8 @@ def _grouped(records, table):
     return groups
 
 
-def findings(records) -> List[Tuple[str, bool, str]]:
-    """The paper's main findings checked on the records: (statement, holds, evidence)."""
+def findings(records) -> List[common.Check]:
+    """The paper's main findings checked on the records."""
     out = []
     for table in ('2_same_channels', '2_matched_params'):
         groups = _grouped(records, table)
@@ -412,19 +412,19 @@ def findings(records) -> List[Tuple[str, bool, str]]:
             if plain in by_variant and decoupled in by_variant:
                 a, _, _ = _stats([r['mpjpe'] for r in by_variant[plain]])
                 b, _, _ = _stats([r['mpjpe'] for r in by_variant[decoupled]])
-                out.append((f'decoupling lowers MPJPE for {plain} ({TABLE_NAMES[table]})', b < a,
-                            f'{_fmt([r["mpjpe"] for r in by_variant[decoupled]])} vs '
-                            f'{_fmt([r["mpjpe"] for r in by_variant[plain]])} mm'))
+                out.append(common.Check(f'decoupling lowers MPJPE for {plain} ({TABLE_NAMES[table]})', b < a,
+                                        f'{_fmt([r["mpjpe"] for r in by_variant[decoupled]])} vs '
+                                        f'{_fmt([r["mpjpe"] for r in by_variant[plain]])} mm'))
     groups = {v: g for (v, _), g in _grouped(records, '3').items()}
     if 'pre_agg_dec' in groups and 'full' in groups:
         a, sa, _ = _stats([r['mpjpe'] for r in groups['full']])
         b, sb, _ = _stats([r['mpjpe'] for r in groups['pre_agg_dec']])
         # "clearly": by more than the seeds' spread (and by at least 5 % of the vanilla error).
         clear = b < a - max(sa + sb, 0.05 * a)
-        out.append(('decoupled pre_agg beats vanilla (full, not decoupled) GCN clearly '
-                    '(paper: 37.8 vs 53.5 mm)', clear,
-                    f'{_fmt([r["mpjpe"] for r in groups["pre_agg_dec"]])} vs '
-                    f'{_fmt([r["mpjpe"] for r in groups["full"]])} mm'))
+        out.append(common.Check('decoupled pre_agg beats vanilla (full, not decoupled) GCN clearly '
+                                '(paper: 37.8 vs 53.5 mm)', clear,
+                                f'{_fmt([r["mpjpe"] for r in groups["pre_agg_dec"]])} vs '
+                                f'{_fmt([r["mpjpe"] for r in groups["full"]])} mm'))
     return out
 
 
@@ -471,9 +471,9 @@ def markdown_report(records, context: Dict[str, object]) -> str:
     found = findings(records)
     if found:
         lines += ['## Findings of the paper, checked', '']
-        for statement, holds, evidence in found:
-            lines.append(f'- {"REPRODUCED" if holds else "NOT reproduced"}: {statement}: '
-                         f'{evidence}')
+        for check in found:
+            lines.append(f'- {"REPRODUCED" if check.holds else "NOT reproduced"}: {check.claim}: '
+                         f'{check.evidence}')
         lines.append('')
     lines += ['## Setup', '', '```', json.dumps(context, indent=1, default=str), '```', '']
     return '\n'.join(lines)
@@ -516,16 +516,17 @@ def plot_curves(curves: Dict[str, Dict[str, list]], path: str) -> None:
 def run_experiment(config: Config, out: str, seeds: Sequence[int] = (0,), dataset: str = 'cmu',
                    mocap_dir: Optional[str] = None, test_mocap_dir: Optional[str] = None,
                    data_dir: Optional[str] = None, cameras_file: Optional[str] = None,
-                   progress: bool = False, log=print) -> List[dict]:
+                   progress: bool = False, log=print, preset: str = 'default') -> List[dict]:
     """Trains every planned run for every seed; writes results.json, results.md, curves.png.
 
     Finished runs (``out/runs/<run>_s<seed>/record.json``) are reused, unfinished ones resume
     from their checkpoints. Returns the records.
     """
-    start = time.perf_counter()
+    clock = common.PhaseClock()
     os.makedirs(out, exist_ok=True)
-    sets, test_set = load_sets(config, dataset, mocap_dir, test_mocap_dir, data_dir, cameras_file)
-    load_s = time.perf_counter() - start
+    with clock.phase('data'):
+        sets, test_set = load_sets(config, dataset, mocap_dir, test_mocap_dir, data_dir, cameras_file)
+    load_s = clock.wall['data']
     for name, s in sets.items():
         log(f'{name}: {s.summary()} ({s.description})')
     adjacency = sets['train'].joint_info.adjacency()
@@ -574,16 +575,16 @@ def run_experiment(config: Config, out: str, seeds: Sequence[int] = (0,), datase
                 train_mpjpe=m['train_mpjpe'], steps_per_s=m['steps_per_s'], run=f'{run.key}_s{seed}',
                 **{k: v for k, v in m.items() if k.startswith(('test_', 'val_')) and
                    k not in ('val_mpjpe', 'val_pa_mpjpe')}))
-    total_s = time.perf_counter() - start
-    context = dict(config=dataclasses.asdict(config), seeds=list(seeds), dataset=dataset,
-                   mocap_dir=mocap_dir or 'procedural', test_mocap_dir=test_mocap_dir,
-                   data_dir=data_dir, test_set=test_set, metric_split=metric_split,
-                   n_runs=len(runs), sets={k: s.summary() for k, s in sets.items()},
-                   wall_time_s=round(total_s, 1), data_load_s=round(load_s, 1))
-    common.write_json(os.path.join(out, 'results.json'), records)
-    common.atomic_write_text(os.path.join(out, 'results.md'), markdown_report(records, context))
+    context = dict(dataset=dataset, mocap_dir=mocap_dir or 'procedural', test_mocap_dir=test_mocap_dir,
+                   data_dir=data_dir, test_set=test_set, metric_split=metric_split, n_runs=len(runs),
+                   sets={k: s.summary() for k, s in sets.items()}, data_load_s=round(load_s, 1))
+    common.write_results(out, EXPERIMENT, preset, config, seeds, dict(records=records), findings(records),
+                         context, clock)
+    common.atomic_write_text(os.path.join(out, 'results.md'),
+                             markdown_report(records, dict(context, config=dataclasses.asdict(config),
+                                                           seeds=list(seeds), timings=clock.summary())))
     plot_curves(curves, os.path.join(out, 'curves.png'))
-    log(f'wrote {out}/results.json, results.md, curves.png in {total_s:.0f} s')
+    log(f'wrote {out}/results.json, results.md, curves.png in {clock.total_wall():.0f} s')
     return records
 
 
@@ -591,7 +592,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-    common.define_common_flags(PRESET_NAMES, 'quick', 'runs/gcn_weight_sharing')
+    common.define_common_flags('runs/gcn_weight_sharing')
     flags.DEFINE_string('seeds', None, 'Comma-separated training seeds (default: --seed).')
     flags.DEFINE_enum('dataset', 'cmu', list(DATASETS),
                       "'cmu': lifting sets from motion capture (--mocap-dir); 'h36m': Human3.6M npz "
@@ -603,21 +604,29 @@ def define_flags():
     flags.DEFINE_bool('progress', False, 'Show the training loop progress bar.')
 
 
+def parse_seeds(value: Optional[str], default: int) -> List[int]:
+    """``--seeds`` '0,1,2' -> [0, 1, 2] (None: [default]); ValueError naming the flag otherwise."""
+    if not value:
+        return [default]
+    try:
+        seeds = [int(s) for s in value.split(',') if s.strip()]
+    except ValueError:
+        raise ValueError(f'--seeds must be comma-separated non-negative ints, got {value!r}') from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise ValueError(f'--seeds must be distinct non-negative ints, got {value!r}')
+    return seeds
+
+
 def main(argv):
     del argv
-    config = common.apply_overrides(common.get_preset(PRESETS, FLAGS.preset), FLAGS.set)
-    seeds = ([int(s) for s in FLAGS.seeds.split(',') if s.strip()] if FLAGS.seeds
-             else [FLAGS.seed])
-    mocap_dir = common.resolve_mocap_dir(FLAGS['mocap-dir'].value)
-    test_dir = FLAGS['test-mocap-dir'].value
-    if test_dir and not os.path.isdir(test_dir):
-        raise FileNotFoundError(f'--test-mocap-dir {test_dir!r} is not a directory')
-    run_experiment(config, FLAGS.out, seeds, dataset=FLAGS.dataset, mocap_dir=mocap_dir,
-                   test_mocap_dir=test_dir, data_dir=FLAGS['data-dir'].value,
-                   cameras_file=FLAGS['h36m-cameras'].value, progress=FLAGS.progress,
-                   log=lambda message: print(message, file=sys.stderr, flush=True))
+    config = common.resolve_config(PRESETS, FLAGS.preset, FLAGS.set)
+    run_experiment(config, FLAGS.out, parse_seeds(FLAGS.seeds, FLAGS.seed), dataset=FLAGS.dataset,
+                   mocap_dir=common.resolve_mocap_dir(FLAGS['mocap-dir'].value),
+                   test_mocap_dir=common.test_mocap_dir(FLAGS['test-mocap-dir'].value),
+                   data_dir=FLAGS['data-dir'].value, cameras_file=FLAGS['h36m-cameras'].value,
+                   progress=FLAGS.progress, log=common.stderr_log, preset=FLAGS.preset)
 
 
 if __name__ == '__main__':
     define_flags()
-    app.run(main)
+    common.run_main(main, EXPERIMENT)

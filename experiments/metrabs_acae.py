@@ -45,26 +45,21 @@ predictions), ``pseudo_gt.npz``, ``acae.npz``, ``results.json``, ``results.md``,
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import math
 import os
-import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
 
 from experiments import common
 
-PRESET_NAMES = ('smoke', 'default', 'paper')
+EXPERIMENT = 'metrabs_acae'
 VARIANTS = ('consistency', 'latent', 'hybrid', 'separate')
 PRECISIONS = ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16')
-PIXEL_MAX = 255.0
-"""uint8 images are divided by this before the backbone (which takes [0, 1])."""
 MM_PER_M = 1000.0
 """Losses are in metres, labels and predictions in mm."""
 STAGE_SEED_OFFSET = 1000
@@ -266,20 +261,6 @@ def prepare_data(config: Config, data_dir: str, mocap_dir, test_mocap_dir, log) 
         max_frames_per_clip=config.max_frames_per_clip, log=log)
 
 
-class SubsetSource:
-    """The first ``count`` examples of an ``ExampleSource`` (the pipeline's protocol)."""
-
-    def __init__(self, source, count: int):
-        self.source = source
-        self.count = min(int(count), len(source))
-
-    def __len__(self) -> int:
-        return self.count
-
-    def get(self, indices):
-        return self.source.get(np.asarray(indices, np.int64))
-
-
 # ----------------------------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------------------------
@@ -300,31 +281,25 @@ def build_backbone(config: Config):
 
 
 def resolve_precision(config: Config, space, streams, seed: int, log=None) -> str:
-    """The policy to train with: ``config.precision``, or for 'auto' the precision module's rule.
+    """The policy to train with: ``config.precision``, or for 'auto' ``posekit.train.precision.choose_policy``.
 
-    'auto' asks ``posekit.train.precision.choose_policy`` (when the module has it) whether the machine's
-    mixed policy pays for this model: it builds the stage-1 model under float32 and under
-    ``auto_policy()`` and times a few interleaved training steps on the first training batch (about a
-    minute on 2 cores); without ``choose_policy`` it is ``auto_policy()``.
+    'auto' builds the stage-1 model under float32 and under ``auto_policy()`` and times a few interleaved
+    training steps on the first training batch (about a minute on 2 cores); the choice is a measurement, so
+    :func:`run_experiment` records it in ``<out>/precision.json`` and reuses it.
     """
-    import inspect
     import keras
     from posekit.train import precision
     if config.precision != 'auto':
         return precision.resolve_policy(config.precision)
-    choose = getattr(precision, 'choose_policy', None)
-    if choose is None or 'loss_fn' not in inspect.signature(choose).parameters:
-        return precision.auto_policy()
     batch = next(iter(make_dataset_fn(config, streams, space, seed)(0)))
-    choice = choose(lambda: build_model(config, space), make_loss_fn(config, space, seed, stage=1), batch,
-                    make_optimizer=lambda: keras.optimizers.AdamW(config.base_lr, weight_decay=config.weight_decay),
-                    jit_compile=config.jit_compile, seed=seed)
-    policy = getattr(choice, 'policy', choice)
+    choice = precision.choose_policy(
+        lambda: build_model(config, space), make_loss_fn(config, space, seed, stage=1), batch,
+        make_optimizer=lambda: keras.optimizers.AdamW(config.base_lr, weight_decay=config.weight_decay),
+        jit_compile=config.jit_compile, seed=seed)
     if log is not None:
-        log(f"precision 'auto' -> {policy} (posekit.train.precision.choose_policy: float32 "
-            f"{getattr(choice, 'float32_ms', math.nan):.0f} ms/step, {getattr(choice, 'candidate', '?')} "
-            f"{getattr(choice, 'candidate_ms', math.nan):.0f} ms/step)")
-    return policy
+        log(f"precision 'auto' -> {choice.policy} (posekit.train.precision.choose_policy: float32 "
+            f"{choice.float32_ms:.0f} ms/step, {choice.candidate} {choice.candidate_ms:.0f} ms/step)")
+    return choice.policy
 
 
 def build_model(config: Config, space, head_mode: str = 'separate', acae=None, backbone=None):
@@ -392,6 +367,7 @@ def make_loss_fn(config: Config, space, seed: int, stage: int = 1, variant: str 
     stateless generator seeded by (seed, step), so resumed runs draw the same numbers.
     """
     import tensorflow as tf
+    from posekit.data import pipeline
     from posekit.models.metrabs import BOX_SIZE_MM
     from posekit.train import losses
 
@@ -411,7 +387,7 @@ def make_loss_fn(config: Config, space, seed: int, stage: int = 1, variant: str 
                                    output_key=key, abs_loss_start_step=abs_start)
 
     def loss_fn(model, batch, step, training):
-        images = tf.cast(batch['image'], tf.float32) / PIXEL_MAX
+        images = pipeline.to_unit_range(batch['image'])
         seed_pair = tf.stack([tf.constant(mix_seed, tf.int64), tf.cast(step, tf.int64)])
         mix = tf.random.stateless_uniform(tf.shape(images)[:1], seed=seed_pair)
         pred = model(images, batch['intrinsics'], training=training, mix_3d_in_view=mix)
@@ -560,52 +536,23 @@ def _has_checkpoints(out: str) -> bool:
     return False
 
 
-class PhaseClock:
-    """Wall-clock and CPU seconds per phase (CPU: this process and its finished child processes).
-
-    On a machine shared with other jobs the wall time grows with the load while the CPU time stays
-    about the same; CPU seconds / 2 bounds the wall time on an idle 2-core machine from below.
-    """
-
-    def __init__(self):
-        self.wall: Dict[str, float] = {}
-        self.cpu: Dict[str, float] = {}
-
-    @staticmethod
-    def cpu_seconds() -> float:
-        t = os.times()
-        return t.user + t.system + t.children_user + t.children_system
-
-    @contextlib.contextmanager
-    def phase(self, name: str):
-        wall, cpu = time.perf_counter(), self.cpu_seconds()
-        try:
-            yield
-        finally:
-            self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - wall
-            self.cpu[name] = self.cpu.get(name, 0.0) + self.cpu_seconds() - cpu
-
-    def summary(self) -> Dict[str, Dict[str, float]]:
-        return {'wall_s': {k: round(v, 1) for k, v in self.wall.items()},
-                'cpu_s': {k: round(v, 1) for k, v in self.cpu.items()}}
-
-
 def run_experiment(config: Config, out: str, seed: int = 0, mocap_dir: Optional[str] = None,
                    test_mocap_dir: Optional[str] = None, resume: bool = False,
-                   log: Callable[[str], None] = print) -> Dict:
-    """Runs every stage (module docstring); writes results.json, results.md, saved_model/. Returns the results."""
+                   log: Callable[[str], None] = print, preset: str = 'default') -> Dict:
+    """Runs every stage (module docstring); writes results.json (the schema of :mod:`experiments.common`),
+    results.md and saved_model/. Returns the results.json record."""
     if _has_checkpoints(out) and not resume:
         raise ValueError(f'--out {out!r} already holds checkpoints of a run; pass --resume to continue it '
                          'or choose a new --out')
     os.makedirs(out, exist_ok=True)
-    clock = PhaseClock()
-    total_wall, total_cpu = time.perf_counter(), clock.cpu_seconds()
+    clock = common.PhaseClock()
     data_dir = config.data_dir or os.path.join(out, 'data')
     with clock.phase('data'):
         paths = prepare_data(config, data_dir, mocap_dir, test_mocap_dir, log)  # before TensorFlow starts
 
     from experiments import metrabs_acae_eval as evaluation
     from posekit.data import pipeline
+    from posekit.eval import baselines
 
     space = joint_space()
     splits = eval_splits(mocap_dir, test_mocap_dir)
@@ -648,32 +595,28 @@ def run_experiment(config: Config, out: str, seed: int = 0, mocap_dir: Optional[
         stage2[variant] = dict(model=model, result=result)
 
     with clock.phase('evaluation'):
-        baseline = evaluation.mean_pose_baseline(streams)
+        train_poses = [s.arrays(['coords3d', 'is_3d']) for s in streams.values()]
+        baseline = baselines.mean_pose(np.concatenate([a['coords3d'][a['is_3d']] for a in train_poses]))
         formats_3d = [spec.fmt for spec in dataset_specs(config) if spec.label_kind == '3d']
-        results = evaluation.evaluate_all(predictions, eval_sources, baseline, space, acae, splits, formats_3d)
+        results, checks = evaluation.evaluate_all(predictions, eval_sources, baseline, space, acae, splits,
+                                                  formats_3d)
 
     exported = None
     if config.export:
         with clock.phase('export'):
             exported = export(stage2[config.variants[0]]['model'], space, os.path.join(out, 'saved_model'), log)
-    clock.wall['total'] = time.perf_counter() - total_wall
-    clock.cpu['total'] = clock.cpu_seconds() - total_cpu
 
     training = {'stage1': _training_summary(stage1_result)}
     training.update({f'stage2_{v}': _training_summary(s['result']) for v, s in stage2.items()})
-    load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else math.nan
-    context = dict(config=dataclasses.asdict(config), seed=seed, mocap_dir=mocap_dir or 'procedural',
-                   test_mocap_dir=test_mocap_dir, motion=motion, data_dir=data_dir,
-                   composition=composition(config), joint_space=list(space.formats), eval_sets=splits,
-                   acae=acae_info, training=training, saved_model=exported, timings=clock.summary(),
-                   machine=dict(cpus=os.cpu_count(), load_average_at_end=round(load, 1)))
-    results['context'] = context
-    common.write_json(os.path.join(out, 'results.json'), results)
-    report = evaluation.markdown_report(results)
-    common.atomic_write_text(os.path.join(out, 'results.md'), report)
-    log(f'wrote {out}/results.json and results.md in {clock.wall["total"]:.0f} s '
-        f'({clock.cpu["total"]:.0f} CPU s)')
-    return results
+    context = dict(mocap_dir=mocap_dir or 'procedural', test_mocap_dir=test_mocap_dir, motion=motion,
+                   data_dir=data_dir, composition=composition(config), joint_space=list(space.formats),
+                   acae=acae_info, training=training, saved_model=exported)
+    record = common.write_results(out, EXPERIMENT, preset, config, [seed], results, checks, context, clock)
+    common.atomic_write_text(os.path.join(out, 'results.md'), evaluation.markdown_report(record))
+    timings = record['context']['timings']
+    log(f'wrote {out}/results.json and results.md in {timings["wall_s"]["total"]:.0f} s '
+        f'({timings["cpu_s"]["total"]:.0f} CPU s)')
+    return record
 
 
 def _training_summary(result) -> Dict:
@@ -712,7 +655,7 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-    common.define_common_flags(PRESET_NAMES, 'default', 'runs/metrabs_acae')
+    common.define_common_flags('runs/metrabs_acae')
     flags.DEFINE_string('variant', None,
                         f'Stage-2 variant(s): one of {VARIANTS}, a comma-separated list or "all" '
                         "(default: the preset's; the first one is exported).")
@@ -723,22 +666,16 @@ def main(argv):
     del argv
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
     absl_logging.set_verbosity(absl_logging.WARNING)  # TensorFlow's INFO lines while saving the model
-    config = common.apply_overrides(common.get_preset(PRESETS, FLAGS.preset), FLAGS.set)
+    config = common.resolve_config(PRESETS, FLAGS.preset, FLAGS.set)
     config = dataclasses.replace(config, variants=parse_variants(FLAGS.variant, config.variants))
-    mocap_dir = common.resolve_mocap_dir(FLAGS['mocap-dir'].value)
-    test_dir = FLAGS['test-mocap-dir'].value
-    if test_dir and not os.path.isdir(test_dir):
-        raise FileNotFoundError(f'--test-mocap-dir {test_dir!r} is not a directory')
-
-    def log(message):
-        print(message, file=sys.stderr, flush=True)
-
-    results = run_experiment(config, FLAGS.out, seed=FLAGS.seed, mocap_dir=mocap_dir, test_mocap_dir=test_dir,
-                             resume=FLAGS.resume, log=log)
+    record = run_experiment(config, FLAGS.out, seed=FLAGS.seed,
+                            mocap_dir=common.resolve_mocap_dir(FLAGS['mocap-dir'].value),
+                            test_mocap_dir=common.test_mocap_dir(FLAGS['test-mocap-dir'].value),
+                            resume=FLAGS.resume, log=common.stderr_log, preset=FLAGS.preset)
     from experiments import metrabs_acae_eval as evaluation
-    print(evaluation.summary_table(results))
+    print(evaluation.summary_table(record))
 
 
 if __name__ == '__main__':
     define_flags()
-    app.run(main)
+    common.run_main(main, EXPERIMENT)

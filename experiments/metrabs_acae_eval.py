@@ -40,12 +40,12 @@ PAPER_TRENDS = {
 def make_predict_fn(model, crop_size: int):
     """A traced ``f(images uint8 [B, S, S, 3], intrinsics [B, 3, 3]) -> coords3d_abs [B, J, 3]`` (mm)."""
     import tensorflow as tf
-    from experiments.metrabs_acae import PIXEL_MAX
+    from posekit.data import pipeline
 
     @tf.function(input_signature=[tf.TensorSpec([None, crop_size, crop_size, 3], tf.uint8),
                                   tf.TensorSpec([None, 3, 3], tf.float32)])
     def predict(images, intrinsics):
-        out = model(tf.cast(images, tf.float32) / PIXEL_MAX, intrinsics, training=False)
+        out = model(pipeline.to_unit_range(images), intrinsics, training=False)
         return tf.cast(out['coords3d_abs'], tf.float32)
     return predict
 
@@ -107,7 +107,7 @@ def predict_splits(model, eval_sources, config, folder: str, predict=None) -> Di
 def pseudo_ground_truth(model, streams, config, path: str, predict=None) -> Dict[str, np.ndarray]:
     """Stage-1 predictions of all formats on the first ``pseudo_gt_per_dataset`` training images of
     every dataset (labels unused): ``coords3d_abs`` [N, J, 3] mm and ``intrinsics`` [N, 3, 3]. Cached."""
-    from experiments.metrabs_acae import SubsetSource
+    from posekit.data.pipeline import SubsetSource
     key = weights_fingerprint(model) + f'/{config.pseudo_gt_per_dataset}'
     cached = _load_cache(path, key)
     if cached is not None:
@@ -118,19 +118,6 @@ def pseudo_ground_truth(model, streams, config, path: str, predict=None) -> Dict
     arrays = {k: np.concatenate([p[k] for p in parts]) for k in ('coords3d_abs', 'intrinsics')}
     _save_cache(path, key, arrays)
     return arrays
-
-
-def mean_pose_baseline(streams) -> np.ndarray:
-    """[J, 3] mean training pose (mm, camera frame) over the examples of the 3D datasets.
-
-    Root-relative metrics subtract each format's root, so as a prediction this is the mean
-    root-relative training pose of every format (root-relative poses are linear in the pose).
-    """
-    poses = []
-    for source in streams.values():
-        arrays = source.arrays(['coords3d', 'is_3d'])
-        poses.append(arrays['coords3d'][arrays['is_3d']])
-    return np.concatenate(poses).astype(np.float64).mean(axis=0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -156,7 +143,8 @@ def model_metrics(pred, gt, space, acae, formats_3d: Sequence[str] = ()) -> Dict
 
 def evaluate_all(predictions, eval_sources, baseline_pose, space, acae, splits: Mapping[str, str],
                  formats_3d: Sequence[str] = ()) -> Dict:
-    """The results dict (without context): metrics[split][model], ground-truth residuals, checks.
+    """(results, checks): the ``results`` of results.json (eval_sets, models, metrics[split][model], formats_3d,
+    ground-truth ACAE residuals) and the acceptance checks (:class:`experiments.common.Check`).
 
     ``formats_3d``: the formats of the datasets with 3D labels. The accuracy checks against the
     mean-pose baseline use their mean (``mean_3d``): like the paper, which evaluates 3D accuracy only
@@ -174,8 +162,7 @@ def evaluate_all(predictions, eval_sources, baseline_pose, space, acae, splits: 
         gt_residual[split] = float(np.mean(consistency.acae_residuals(gt, acae)))
     results = dict(eval_sets=dict(splits), models=[BASELINE] + list(predictions), metrics=metrics,
                    formats_3d=list(formats_3d), ground_truth_acae_residual_mm=gt_residual)
-    results['checks'] = acceptance_checks(results)
-    return results
+    return results, acceptance_checks(results)
 
 
 def _formats_3d_label(results) -> str:
@@ -187,8 +174,8 @@ def _primary_split(results) -> str:
     return 'test' if 'test' in results['metrics'] else 'val'
 
 
-def acceptance_checks(results) -> List[Dict]:
-    """The acceptance points of issues 6 and 7 evaluated on the results: [{check, holds, evidence}]."""
+def acceptance_checks(results) -> List[common.Check]:
+    """The acceptance points of issues 6 and 7 evaluated on the results."""
     checks = []
     metrics = results['metrics']
     split = _primary_split(results)
@@ -197,21 +184,21 @@ def acceptance_checks(results) -> List[Dict]:
     base = m[BASELINE]['mean_3d']['mpjpe']
     for name in results['models'][1:]:
         value = m[name]['mean_3d']['mpjpe']
-        checks.append(dict(
-            check=f'{MODEL_LABELS.get(name, name)} beats the mean-pose baseline by a wide margin on {split} '
+        checks.append(common.Check(
+            claim=f'{MODEL_LABELS.get(name, name)} beats the mean-pose baseline by a wide margin on {split} '
                   f'(MPJPE over {which} <= {WIDE_MARGIN_FRACTION:.0%} of the baseline)',
             holds=bool(value <= WIDE_MARGIN_FRACTION * base),
             evidence=f'{value:.1f} vs {base:.1f} mm ({value / base:.0%})'))
     val = metrics['val']
     s1, vb = val[STAGE1]['mean_3d']['mpjpe'], val[BASELINE]['mean_3d']['mpjpe']
-    checks.append(dict(check=f'validation MPJPE ({which}) of the stage-1 model well below the mean-pose baseline '
+    checks.append(common.Check(claim=f'validation MPJPE ({which}) of the stage-1 model well below the mean-pose baseline '
                              f'(issue 6; <= {WIDE_MARGIN_FRACTION:.0%})',
                        holds=bool(s1 <= WIDE_MARGIN_FRACTION * vb), evidence=f'{s1:.1f} vs {vb:.1f} mm ({s1 / vb:.0%})'))
     if 'consistency' in m:
         for split_name, by_model in metrics.items():
             c1, c2 = by_model[STAGE1]['consistency'], by_model['consistency']['consistency']
-            checks.append(dict(
-                check=f'stage 2 with consistency regularization lowers the cross-format inconsistency vs stage 1 '
+            checks.append(common.Check(
+                claim=f'stage 2 with consistency regularization lowers the cross-format inconsistency vs stage 1 '
                       f'({split_name})',
                 holds=bool(c2['offset_error_mm'] < c1['offset_error_mm']
                            and c2['acae_residual_mm'] < c1['acae_residual_mm']),
@@ -219,8 +206,8 @@ def acceptance_checks(results) -> List[Dict]:
                          f'{c2["acae_residual_mm"]:.1f} vs {c1["acae_residual_mm"]:.1f} mm'))
             a1, a2 = by_model[STAGE1]['mean']['mpjpe'], by_model['consistency']['mean']['mpjpe']
             b1, b2 = by_model[STAGE1]['mean_3d']['mpjpe'], by_model['consistency']['mean_3d']['mpjpe']
-            checks.append(dict(
-                check=f'... without raising MPJPE by more than {MAX_MPJPE_INCREASE:.0%} ({split_name}; mean over all '
+            checks.append(common.Check(
+                claim=f'... without raising MPJPE by more than {MAX_MPJPE_INCREASE:.0%} ({split_name}; mean over all '
                       f'formats and over {which})',
                 holds=bool(a2 <= (1 + MAX_MPJPE_INCREASE) * a1 and b2 <= (1 + MAX_MPJPE_INCREASE) * b1),
                 evidence=f'all formats {a2:.1f} vs {a1:.1f} mm ({100 * (a2 / a1 - 1):+.1f} %), 3D-labelled '
@@ -251,11 +238,13 @@ SUMMARY_HEADERS = ['model', 'MPJPE (3D-labelled formats)', 'MPJPE', 'PA-MPJPE', 
                    'abs. MPJPE', 'ACAE residual', 'offset error']
 
 
-def summary_table(results) -> str:
-    """Markdown summary tables (mean over formats, mm) of every evaluation set: what the CLI prints."""
+def summary_table(record) -> str:
+    """Markdown summary tables (mean over formats, mm) of every evaluation set of a results.json record: what
+    the CLI prints."""
+    results = record['results']
     lines = []
     for split, description in results['eval_sets'].items():
-        n_formats = len(results['context']['joint_space'])
+        n_formats = len(record['context']['joint_space'])
         lines += [f'{description} (mm; columns from MPJPE on: mean over the {n_formats} formats)', '',
                   common.markdown_table(_summary_rows(results, split), SUMMARY_COLUMNS, SUMMARY_HEADERS)]
     return '\n'.join(lines)
@@ -290,10 +279,10 @@ def _format_rows(results, split) -> List[Dict]:
     return rows
 
 
-def markdown_report(results) -> str:
-    """results.md: setup, summary tables, the paper's trends beside ours, per-format tables, checks."""
-    context = results['context']
-    config = context['config']
+def markdown_report(record) -> str:
+    """results.md of a results.json record: setup, summary tables, the paper's trends beside ours, per-format
+    tables, checks."""
+    results, context, config = record['results'], record['context'], record['config']
     wall, cpu = context['timings']['wall_s'], context['timings']['cpu_s']
     lines = ['# MeTRAbs + affine-combining autoencoder (Sárándi et al., WACV 2023) on synthetic multi-dataset data',
              '',
@@ -305,7 +294,7 @@ def markdown_report(results) -> str:
              f'Motion: {context["motion"]}.',
              f'Wall time {wall["total"] / 60:.1f} min ({", ".join(f"{k} {v:.0f} s" for k, v in wall.items() if k != "total")}); '
              f'{cpu["total"] / 60:.1f} CPU min on {context["machine"]["cpus"]} CPUs '
-             f'(load average {context["machine"]["load_average_at_end"]} at the end).', '',
+             f'(load averages {context["machine"].get("load_average")} at the end).', '',
              'MPJPE, PA-MPJPE, PCK and CPS are root-relative (pelvis); absolute MPJPE is in the camera frame. '
              'ACAE residual: mean distance of the all-format prediction from its ACAE reconstruction; offset error: '
              'error of the predicted offsets between same-named joints of different formats relative to the true '
@@ -328,8 +317,8 @@ def markdown_report(results) -> str:
                                          'ACAE residual change', 'offset error change']),
                   'Negative changes are improvements.', '']
     lines += ['## Acceptance checks', '']
-    for check in results['checks']:
-        lines.append(f'- {"HOLDS" if check["holds"] else "DOES NOT HOLD"}: {check["check"]}: {check["evidence"]}')
+    for check in record['checks']:
+        lines.append(common.Check(**check).markdown())
     lines.append('')
     for split, description in results['eval_sets'].items():
         lines += [f'## Per format: {description}', '',

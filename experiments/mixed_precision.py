@@ -4,7 +4,7 @@ Reproduces the question of "Improving the Efficiency of 3D Pose Estimation Model
 HuMoR: 4 % faster at the original size, about 2x on the 4x-wide MLPs, loss unchanged) on this
 project's models and machine::
 
-    python -m experiments.mixed_precision --preset quick --out runs/mixed_precision
+    python -m experiments.mixed_precision --preset default --out runs/mixed_precision
 
 Models (``Config.models``, widths ``Config.widths``): the residual GCN lifter
 (``posekit.models.lifting.build_gcn_lifter``, 128 channels at 1x), the HuMoR-like conditional VAE
@@ -59,7 +59,7 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 
@@ -196,7 +196,7 @@ PRESETS = {
                     procedural_subjects=4, procedural_clips=1, procedural_seconds=2.0, n_images=16,
                     n_val_images=8, pair_timeout_s=300.0, parallel_pairs=2),
     # All five models (1x/4x GCN and motion VAE, the backbone) in <= 15 min on 2 shared cores.
-    'quick': Config(),
+    'default': Config(),
     # Longer runs and more repeats for a quiet machine (about an hour on 2 cores).
     'paper': Config(widths=(1, 2, 4), steps=200, wide_steps=60, timing_warmup=3, loss_window=20,
                     val_batches=8, breakdown_repeats=7, max_frames_per_clip=600, n_images=2048, n_val_images=256,
@@ -928,6 +928,28 @@ def markdown_report(records: Sequence[dict], context: dict) -> str:
     return '\n'.join(lines)
 
 
+LOSS_AGREEMENT = 0.05
+"""Final training losses of the mixed policy within this relative difference of float32 count as unchanged."""
+
+
+def checks(records: Sequence[dict], mixed_policy: str) -> List[common.Check]:
+    """The paper's findings on the measurements: the gain grows with model size; the losses are unchanged."""
+    here = {r['model']: r for r in records if r['policy'] == mixed_policy and r.get('ok')}
+    out = []
+    for kind in MODEL_KINDS:
+        widths = sorted((r['width'], r) for r in here.values() if r['kind'] == kind)
+        if len(widths) >= 2:
+            (w0, small), (w1, large) = widths[0], widths[-1]
+            out.append(common.Check(f'{kind}: the {mixed_policy} speed-up grows with model size ({w0}x -> {w1}x width)',
+                                    large['speedup_vs_fp32'] > small['speedup_vs_fp32'],
+                                    f'{small["speedup_vs_fp32"]:.2f}x -> {large["speedup_vs_fp32"]:.2f}x'))
+    diffs = [abs(r['loss_rel_diff']) for r in here.values() if math.isfinite(r.get('loss_rel_diff', math.nan))]
+    if diffs:
+        out.append(common.Check(f'final training losses of {mixed_policy} within {LOSS_AGREEMENT:.0%} of float32',
+                                max(diffs) <= LOSS_AGREEMENT, f'largest relative difference {100 * max(diffs):.2f} %'))
+    return out
+
+
 def discussion(records: Sequence[dict], mixed_policy: str) -> str:
     """A short reading of the measurements against the paper (generated from the numbers)."""
     here = {r['model']: r for r in records if r['policy'] == mixed_policy and r.get('ok')}
@@ -993,11 +1015,12 @@ def plot_speedups(records: Sequence[dict], mixed_policy: str, path) -> None:
 
 
 def run_experiment(config: Config, out: str, seed: int = 0, mocap_dir: Optional[str] = None, log=print,
-                   command: str = '') -> List[dict]:
+                   command: str = '', preset: str = 'default') -> List[dict]:
     """Measures every model of ``plan(config)`` and writes results.json, results.md and speedup.png to ``out``."""
     from posekit.train import precision
 
     start = time.perf_counter()
+    clock = common.PhaseClock()
     mixed_policy = precision.auto_policy() if config.mixed_policy == 'auto' else config.mixed_policy
     mixed_policy = precision.resolve_policy(mixed_policy)  # refuses float16 on a CPU
     if mixed_policy == FLOAT32:
@@ -1036,9 +1059,9 @@ def run_experiment(config: Config, out: str, seed: int = 0, mocap_dir: Optional[
     context = dict(command=command, machine=machine, mixed_policy=mixed_policy, jit_compile=config.jit_compile,
                    wall_time_s=wall, load=f'{min(loads):.1f}-{max(loads):.1f}' if loads else '?',
                    discussion=discussion(ordered, mixed_policy))
-    common.write_json(out_dir / 'results.json', {'config': dataclasses.asdict(config), 'seed': seed,
-                                                 'mixed_policy': mixed_policy, 'wall_time_s': wall,
-                                                 'machine': machine, 'records': ordered})
+    common.write_results(out_dir, EXPERIMENT, preset, config, [seed],
+                         dict(mixed_policy=mixed_policy, records=ordered), checks(ordered, mixed_policy),
+                         dict(command=command, bf16_machine=machine), clock)
     common.atomic_write_text(out_dir / 'results.md', markdown_report(ordered, context))
     if any(r.get('ok') and r['policy'] == mixed_policy for r in ordered):
         plot_speedups(ordered, mixed_policy, out_dir / 'speedup.png')
@@ -1047,11 +1070,11 @@ def run_experiment(config: Config, out: str, seed: int = 0, mocap_dir: Optional[
 
 
 FLAGS = flags.FLAGS
-PRESET_NAMES = tuple(PRESETS)
+EXPERIMENT = 'mixed_precision'
 
 
 def define_flags():
-    common.define_common_flags(PRESET_NAMES, 'quick', 'runs/mixed_precision')
+    common.define_common_flags('runs/mixed_precision', test_mocap=False)
     flags.DEFINE_string('worker', None, 'Internal: run one (model, policy) worker from this job file.')
 
 
@@ -1060,13 +1083,12 @@ def main(argv):
     if FLAGS.worker:
         run_worker(FLAGS.worker)
         return
-    config = common.apply_overrides(common.get_preset(PRESETS, FLAGS.preset), FLAGS.set)
-    mocap_dir = common.resolve_mocap_dir(FLAGS['mocap-dir'].value)
+    config = common.resolve_config(PRESETS, FLAGS.preset, FLAGS.set)
     command = 'python -m experiments.mixed_precision ' + ' '.join(sys.argv[1:])
-    run_experiment(config, FLAGS.out, seed=FLAGS.seed, mocap_dir=mocap_dir, command=command,
-                   log=lambda message: print(message, file=sys.stderr, flush=True))
+    run_experiment(config, FLAGS.out, seed=FLAGS.seed, mocap_dir=common.resolve_mocap_dir(FLAGS['mocap-dir'].value),
+                   command=command, log=common.stderr_log, preset=FLAGS.preset)
 
 
 if __name__ == '__main__':
     define_flags()
-    app.run(main)
+    common.run_main(main, EXPERIMENT)

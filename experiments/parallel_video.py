@@ -1,6 +1,6 @@
 """Massively parallel video networks (Carreira et al., ECCV 2018) for keypoint heatmaps: Table 2 and Fig. 10.
 
-    python -m experiments.parallel_video --preset=quick --out runs/parallel_video \\
+    python -m experiments.parallel_video --preset=default --out runs/parallel_video \\
         [--mocap-dir ../shared/data/cmu_mocap] [--test-mocap-dir ../shared/data/cmu_mocap_test] [--seed 0] \\
         [--set key=value ...]
 
@@ -34,17 +34,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
 import time
 from typing import Dict, List, Optional, Tuple
 
-from absl import app, flags
+from absl import flags
 
 import numpy as np
 
 from experiments import common
 
-PRESET_NAMES = ('smoke', 'quick', 'paper')
+EXPERIMENT = 'parallel_video'
 FAMILIES = ('densenet', 'inception')
 VARIANTS = ('temporal', 'feedback')
 FRAMES_PER_COUNT = 16  # the paper counts executions per 16 frames
@@ -98,7 +97,7 @@ class Config:
 
 
 PRESETS = {
-    'quick': Config(),
+    'default': Config(),
     'smoke': Config(families=('densenet',), crop_size=32, densenet_width=0.125, densenet_block_sizes=(1, 1, 1, 1),
                     densenet_miniblocks_per_unit=1, densenet_subnets=(1, 4), inception_width=0.125,
                     variants=(), variant_subnets=2,
@@ -317,9 +316,7 @@ def median_ratio(reference, values):
 
 # ------------------------------------------------------------------------------------------- reporting
 def _fmt(value, spec='.3f'):
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return ''
-    return format(value, spec) if isinstance(value, (float, int)) and not isinstance(value, bool) else str(value)
+    return common.fmt(value, spec)
 
 
 def markdown_report(records: List[dict], context: dict) -> str:
@@ -357,7 +354,7 @@ def markdown_report(records: List[dict], context: dict) -> str:
               'Carreira et al. measured for Par-DenseNet on 48 CPU cores (against 4.8x from miniblock counts); the '
               'other entries of their Table 2 are not reproduced here (left blank rather than guessed).', '']
     lines += ['## Checks', '']
-    lines += [f'- {check}' for check in context['checks']]
+    lines += [check.markdown() for check in context['checks']]
     lines += ['', '## Notes', '']
     lines += [f'- {note}' for note in NOTES]
     return '\n'.join(lines) + '\n'
@@ -421,7 +418,7 @@ def plot_loss_vs_speed(records: List[dict], path: str):
 
 
 # ----------------------------------------------------------------------------------------------- main
-def run_experiment(config: Config, out: str, seed: int = 0, preset: str = 'custom', mocap_dir=None,
+def run_experiment(config: Config, out: str, seed: int = 0, preset: str = 'default', mocap_dir=None,
                    test_mocap_dir=None, log=print):
     import keras
     import tensorflow as tf
@@ -431,6 +428,7 @@ def run_experiment(config: Config, out: str, seed: int = 0, preset: str = 'custo
     from posekit.train.loop import count_params
 
     start = time.perf_counter()
+    clock = common.PhaseClock()
     specs = plan(config)
     policy = precision_lib.resolve_policy(config.precision)
     with precision_lib.policy_scope(policy):
@@ -527,18 +525,18 @@ def run_experiment(config: Config, out: str, seed: int = 0, preset: str = 'custo
                    test_motion=test_mocap_dir, crop_size=config.crop_size, timing_size=config.timing_size,
                    timing_rounds=config.timing_rounds, timing_steps=config.timing_steps, eval_warmup=eval_warmup,
                    train_clip_frames=train_length, test_clip_frames=test_length, cpu_count=os.cpu_count(),
-                   load_average=list(os.getloadavg()), wall_time_s=wall, checks=checks,
-                   tensorflow=tf.__version__)
+                   wall_time_s=wall, checks=checks)
     os.makedirs(out, exist_ok=True)
-    common.write_json(os.path.join(out, 'results.json'), {'records': records, 'context': context})
+    saved = {k: v for k, v in context.items() if k not in ('checks', 'config', 'preset', 'seed')}
+    common.write_results(out, EXPERIMENT, preset, config, [seed], dict(records=records), checks, saved, clock)
     common.atomic_write_text(os.path.join(out, 'results.md'), markdown_report(records, context))
     plot_loss_vs_speed(records, os.path.join(out, 'loss_vs_speed.png'))
     log(f'wrote {out}/results.json, results.md, loss_vs_speed.png in {wall:.0f} s')
     return records, context
 
 
-def family_checks(family, rows, records):
-    """Human-readable acceptance checks of one family (strings)."""
+def family_checks(family, rows, records) -> List[common.Check]:
+    """The acceptance checks of one family."""
     checks = []
     by = {(r['subnets'], r['clocks'], r['temporal'], r['feedback'], r['distilled']): r for r in rows}
     seq, clk = by.get((1, False, False, False, False)), by.get((1, True, False, False, False))
@@ -546,20 +544,24 @@ def family_checks(family, rows, records):
     exact = all(r['unit_executions_per_16_frames'] == r['analytic_unit_executions_per_16_frames'] and
                 r['miniblock_executions_per_16_frames'] == r['analytic_miniblock_executions_per_16_frames'] and
                 math.isclose(r['measured_flops_per_frame'], r['flops_per_frame'], rel_tol=1e-9) for r in rows)
-    checks.append(f'{name}: executions and FLOPs counted inside the compiled step equal the analytic counts for '
-                  f'every configuration: {"yes" if exact else "NO"}.')
+    checks.append(common.Check(f'{name}: executions and FLOPs counted inside the compiled step equal the '
+                               'analytic counts for every configuration', exact,
+                               f'{len(rows)} configurations compared'))
     if seq and clk:
         measured, theory = clk['speedup_vs_sequential_no_clocks'], clk['flop_speedup_vs_sequential']
         fraction = measured / theory
-        verdict = 'meets' if fraction >= CLOCK_SPEEDUP_TARGET else 'does NOT meet'
-        checks.append(f'{name} clock speed-up (1 subnetwork): {measured:.2f}x measured vs {theory:.2f}x from FLOPs '
-                      f'({clk["miniblock_executions_per_16_frames"]} vs {seq["miniblock_executions_per_16_frames"]} '
-                      f'miniblock executions per 16 frames) = {100 * fraction:.0f} % of the FLOP speed-up; '
-                      f'{verdict} the {100 * CLOCK_SPEEDUP_TARGET:.0f} % target.')
+        checks.append(common.Check(
+            f'{name} clock speed-up (1 subnetwork) reaches {100 * CLOCK_SPEEDUP_TARGET:.0f} % of the FLOP speed-up',
+            fraction >= CLOCK_SPEEDUP_TARGET,
+            f'{measured:.2f}x measured vs {theory:.2f}x from FLOPs ({clk["miniblock_executions_per_16_frames"]} vs '
+            f'{seq["miniblock_executions_per_16_frames"]} miniblock executions per 16 frames) = '
+            f'{100 * fraction:.0f} %'))
     base = next(r for r in records if r['kind'] == 'baseline' and r['model_family'] == family)
     beat = [r['model'] for r in rows if r['test_loss'] < base['test_loss']]
-    checks.append(f'{name}: {len(beat)} of {len(rows)} trained configurations beat the constant mean-heatmap '
-                  f'baseline on test loss ({base["test_loss"]:.4f}); PCK {base["pck"]:.3f} for the baseline.')
+    checks.append(common.Check(f'{name}: every trained configuration beats the constant mean-heatmap baseline '
+                               'on test loss', len(beat) == len(rows),
+                               f'{len(beat)} of {len(rows)}; baseline test loss {base["test_loss"]:.4f}, '
+                               f'PCK {base["pck"]:.3f}'))
     for r in rows:
         if not r['distilled']:
             continue
@@ -568,11 +570,12 @@ def family_checks(family, rows, records):
             continue
         closer_acts = r['distance_to_teacher'] < plain['distance_to_teacher']
         closer_loss = abs(r['test_loss'] - seq['test_loss']) < abs(plain['test_loss'] - seq['test_loss'])
-        checks.append(f'{name} with {r["subnets"]} subnetworks, distilled vs not: activation distance to the '
-                      f'sequential teacher {r["distance_to_teacher"]:.3f} vs {plain["distance_to_teacher"]:.3f} '
-                      f'({"closer" if closer_acts else "NOT closer"} with distillation); test loss '
-                      f'{r["test_loss"]:.4f} vs {plain["test_loss"]:.4f}, sequential {seq["test_loss"]:.4f} '
-                      f'({"closer" if closer_loss else "not closer"} to the sequential model\'s loss).')
+        checks.append(common.Check(
+            f'{name} with {r["subnets"]} subnetworks: distillation brings the activations closer to the '
+            'sequential teacher', closer_acts,
+            f'distance {r["distance_to_teacher"]:.3f} vs {plain["distance_to_teacher"]:.3f} undistilled; test loss '
+            f'{r["test_loss"]:.4f} vs {plain["test_loss"]:.4f}, sequential {seq["test_loss"]:.4f} '
+            f'({"closer" if closer_loss else "not closer"} to the sequential model\'s loss)'))
     return checks
 
 
@@ -580,20 +583,17 @@ FLAGS = flags.FLAGS
 
 
 def define_flags():
-    common.define_common_flags(PRESET_NAMES, 'quick', 'runs/parallel_video')
+    common.define_common_flags('runs/parallel_video')
 
 
 def main(argv):
     del argv
-    config = common.apply_overrides(common.get_preset(PRESETS, FLAGS.preset), FLAGS.set)
-    mocap_dir = common.resolve_mocap_dir(FLAGS['mocap-dir'].value)
-    test_dir = FLAGS['test-mocap-dir'].value
-    if test_dir and not os.path.isdir(test_dir):
-        raise FileNotFoundError(f'--test-mocap-dir {test_dir!r} is not a directory')
-    run_experiment(config, FLAGS.out, FLAGS.seed, preset=FLAGS.preset, mocap_dir=mocap_dir, test_mocap_dir=test_dir,
-                   log=lambda message: print(message, file=sys.stderr, flush=True))
+    config = common.resolve_config(PRESETS, FLAGS.preset, FLAGS.set)
+    run_experiment(config, FLAGS.out, FLAGS.seed, preset=FLAGS.preset,
+                   mocap_dir=common.resolve_mocap_dir(FLAGS['mocap-dir'].value),
+                   test_mocap_dir=common.test_mocap_dir(FLAGS['test-mocap-dir'].value), log=common.stderr_log)
 
 
 if __name__ == '__main__':
     define_flags()
-    app.run(main)
+    common.run_main(main, EXPERIMENT)

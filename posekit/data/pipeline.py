@@ -130,6 +130,34 @@ class ArraySource:
         return {k: v[indices] for k, v in self.arrays.items()}
 
 
+class SubsetSource:
+    """The first ``count`` examples of an :class:`ExampleSource` (e.g. a few unlabeled images per dataset)."""
+
+    def __init__(self, source: ExampleSource, count: int):
+        if isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1:
+            raise ValueError(f'count must be a positive int, got {count!r}')
+        self.source = source
+        self.count = min(int(count), len(source))
+
+    def __len__(self) -> int:
+        return self.count
+
+    def get(self, indices) -> Dict[str, np.ndarray]:
+        indices = np.asarray(indices, np.int64)
+        if indices.size and (indices.min() < 0 or indices.max() >= self.count):
+            raise IndexError(f'indices must be in [0, {self.count}), got {indices.tolist()}')
+        return self.source.get(indices)
+
+
+PIXEL_MAX = 255.0
+"""uint8 intensity that maps to 1.0 at the networks' inputs."""
+
+
+def to_unit_range(images):
+    """uint8 (or 0-255 float) images -> float32 in [0, 1], the networks' input range (TF)."""
+    return tf.cast(images, tf.float32) / PIXEL_MAX
+
+
 def stream_from_arrays(arrays: Mapping[str, np.ndarray]) -> ArraySource:
     """An :class:`ExampleSource` over a dict of numpy arrays with leading N (one row per example)."""
     return ArraySource(arrays)

@@ -19,8 +19,8 @@ ADJ = skeletons.get('h36m_17').adjacency()
 
 
 def test_presets_and_config_validation():
-    assert set(gws.PRESETS) == set(gws.PRESET_NAMES) == {'smoke', 'quick', 'paper'}
-    quick, paper = gws.PRESETS['quick'], gws.PRESETS['paper']
+    assert set(gws.PRESETS) == set(common.PRESET_NAMES) == {'smoke', 'default', 'paper'}
+    quick, paper = gws.PRESETS['default'], gws.PRESETS['paper']
     assert quick.tables == ('2', '3') and quick.channels == 128 and quick.variants == tuple(SHARING_VARIANTS)
     assert quick.jit_compile and quick.lr == 1e-3
     assert paper.tables == ('2', '3', '4') and paper.batch_size == 64 and paper.clip_norm == 1.0
@@ -40,7 +40,7 @@ def test_presets_and_config_validation():
 
 
 def test_plan_shares_runs_between_tables_and_matches_parameters():
-    runs, rows = gws.plan(gws.PRESETS['quick'], ADJ)
+    runs, rows = gws.plan(gws.PRESETS['default'], ADJ)
     assert len(runs) == 11 and len(set(runs)) == 11  # 8 variants at 128 + 3 widened plain ones
     tables = [t for t, _ in rows]
     assert tables.count('2_same_channels') == 6 and tables.count('2_matched_params') == 6
@@ -54,11 +54,11 @@ def test_plan_shares_runs_between_tables_and_matches_parameters():
         one_more = gcn_lifter_param_count(ADJ, plain.channels + 1, **SHARING_VARIANTS[plain.variant])
         assert abs(widened - target) <= abs(one_more - target)  # the closest width
         assert abs(widened - target) / target < 0.02
-    runs4, rows4 = gws.plan(dataclasses.replace(gws.PRESETS['quick'], tables=('4',)), ADJ)
+    runs4, rows4 = gws.plan(dataclasses.replace(gws.PRESETS['default'], tables=('4',)), ADJ)
     assert len(rows4) == 3 * 8
     for _, run in rows4:
         params = gcn_lifter_param_count(ADJ, run.channels, **SHARING_VARIANTS[run.variant])
-        assert min(abs(params - b) / b for b in gws.PRESETS['quick'].budgets) < 0.05
+        assert min(abs(params - b) / b for b in gws.PRESETS['default'].budgets) < 0.05
 
 
 def _records(mpjpe, seeds=(0,)):
@@ -77,10 +77,10 @@ def test_findings_and_report():
     good = _records({'full': 60.0, 'full_dec': 50.0, 'pre_agg': 45.0, 'pre_agg_dec': 40.0,
                      'post_agg': 47.0, 'post_agg_dec': 42.0})
     found = gws.findings(good)
-    assert len(found) == 4 and all(holds for _, holds, _ in found)
+    assert len(found) == 4 and all(c.holds for c in found)
     bad = _records({'full': 41.0, 'full_dec': 50.0, 'pre_agg': 45.0, 'pre_agg_dec': 40.0,
                     'post_agg': 47.0, 'post_agg_dec': 42.0}, seeds=(0, 1, 2))
-    verdict = {s: h for s, h, _ in gws.findings(bad)}
+    verdict = {c.claim: c.holds for c in gws.findings(bad)}
     assert not verdict['decoupling lowers MPJPE for full (Table 2 (same channels))']
     assert not verdict['decoupled pre_agg beats vanilla (full, not decoupled) GCN clearly (paper: 37.8 vs 53.5 mm)']
     report = gws.markdown_report(bad, {'test_set': 'mocap:cmu_mocap_test'})
@@ -118,7 +118,11 @@ def test_smoke_run_end_to_end(tmp_path):
                '--mocap-dir=procedural', '--seeds=0']
     process = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert process.returncode == 0, process.stderr[-4000:]
-    records = json.loads((out / 'results.json').read_text())
+    record = json.loads((out / 'results.json').read_text())
+    common.validate_results(record)
+    assert record['experiment'] == 'gcn_weight_sharing' and record['seeds'] == [0]
+    records = record['results']['records']
+    assert record['checks'] == [c.to_dict() for c in gws.findings(records)]
     config = gws.PRESETS['smoke']
     runs, rows = gws.plan(config, ADJ)
     baseline = [r for r in records if r['table'] == 'baseline']

@@ -152,22 +152,6 @@ def test_loss_fn_needs_the_acae_for_acae_variants(tiny):
 
 
 # ------------------------------------------------------------------------------------------- evaluation
-class _Source:
-    def __init__(self, coords3d, is_3d):
-        self._arrays = dict(coords3d=coords3d, is_3d=is_3d)
-
-    def arrays(self, fields):
-        return {k: self._arrays[k] for k in fields}
-
-
-def test_mean_pose_baseline_averages_the_3d_training_examples():
-    a = np.ones((4, 3, 3)) * np.arange(4)[:, None, None]  # poses 0, 1, 2, 3
-    b = np.full((2, 3, 3), 100.0)  # a 2D-only dataset: excluded
-    baseline = mab_eval.mean_pose_baseline({'a': _Source(a, np.array([True, True, False, True])),
-                                            'b': _Source(b, np.zeros(2, bool))})
-    np.testing.assert_allclose(baseline, np.full((3, 3), (0 + 1 + 3) / 3))
-
-
 def _fake_results(stage1_mpjpe=50.0, consistency_mpjpe=50.5, residuals=(20.0, 12.0), mpjpe_2d_only=0.0):
     """Results whose all-format mean adds ``mpjpe_2d_only`` mm to the models' (a 2D-only format's error)."""
     def model(mpjpe, residual, offset, extra=mpjpe_2d_only):
@@ -180,24 +164,24 @@ def _fake_results(stage1_mpjpe=50.0, consistency_mpjpe=50.5, residuals=(20.0, 12
 
 
 def test_acceptance_checks():
-    checks = {c['check']: c for c in mab_eval.acceptance_checks(_fake_results())}
-    assert all(c['holds'] for c in checks.values()), checks
+    checks = {c.claim: c for c in mab_eval.acceptance_checks(_fake_results())}
+    assert all(c.holds for c in checks.values()), checks
     raised = mab_eval.acceptance_checks(_fake_results(consistency_mpjpe=51.5))  # +3 %
-    failing = [c for c in raised if not c['holds']]
-    assert len(failing) == 1 and 'more than 2%' in failing[0]['check'] and '+3.0 %' in failing[0]['evidence']
+    failing = [c for c in raised if not c.holds]
+    assert len(failing) == 1 and 'more than 2%' in failing[0].claim and '+3.0 %' in failing[0].evidence
     worse = mab_eval.acceptance_checks(_fake_results(residuals=(20.0, 25.0)))
-    assert [c['holds'] for c in worse if 'inconsistency' in c['check']] == [False]
+    assert [c.holds for c in worse if 'inconsistency' in c.claim] == [False]
     weak = mab_eval.acceptance_checks(_fake_results(stage1_mpjpe=150.0))
-    assert not [c for c in weak if 'stage 1 (separate heads) beats' in c['check']][0]['holds']
+    assert not [c for c in weak if 'stage 1 (separate heads) beats' in c.claim][0].holds
     # The baseline comparison uses the 3D-labelled formats (named in the check); a 2D-only format's large
     # error does not decide it, while the 2 % MPJPE check still uses the mean over all formats.
-    bad_2d = {c['check']: c for c in mab_eval.acceptance_checks(_fake_results(mpjpe_2d_only=300.0))}
+    bad_2d = {c.claim: c for c in mab_eval.acceptance_checks(_fake_results(mpjpe_2d_only=300.0))}
     beats = [c for name, c in bad_2d.items() if 'beats the mean-pose baseline' in name]
-    assert len(beats) == 2 and all(c['holds'] and '(h36m_17, smpl_24)' in c['check'] for c in beats)
-    assert all(c['holds'] for c in bad_2d.values())
+    assert len(beats) == 2 and all(c.holds and '(h36m_17, smpl_24)' in c.claim for c in beats)
+    assert all(c.holds for c in bad_2d.values())
     # A rise of more than 2 % in the 3D-labelled formats fails even when the all-format mean hides it.
     hidden = mab_eval.acceptance_checks(_fake_results(consistency_mpjpe=51.5, mpjpe_2d_only=300.0))
-    assert [c['holds'] for c in hidden if 'more than 2%' in c['check']] == [False]
+    assert [c.holds for c in hidden if 'more than 2%' in c.claim] == [False]
 
 
 # ------------------------------------------------------------------------------------------- smoke run
@@ -213,10 +197,15 @@ def _flatten(tree, prefix=''):
 def test_smoke_run_end_to_end(metrabs_smoke_run):
     out, process, _ = metrabs_smoke_run
     assert '| model | MPJPE (3D-labelled formats) | MPJPE | PA-MPJPE |' in process.stdout  # the printed table
-    results = json.loads((out / 'results.json').read_text())
+    record = json.loads((out / 'results.json').read_text())
+    common.validate_results(record)
+    assert record['experiment'] == 'metrabs_acae' and record['preset'] == 'smoke' and record['seeds'] == [0]
+    expected = dataclasses.asdict(dataclasses.replace(mab.PRESETS['smoke'], precision='float32'))
+    assert record['config'] == json.loads(json.dumps(expected))  # tuples become lists in JSON
+    results = record['results']
     assert list(results['eval_sets']) == ['val', 'test']
     assert results['models'] == ['mean_pose', 'stage1', 'consistency']
-    formats = results['context']['joint_space']
+    formats = record['context']['joint_space']
     assert formats == ['h36m_17', 'smpl_24', 'coco_19', 'mpi_inf_3dhp_17']
     assert results['formats_3d'] == ['h36m_17', 'mpi_inf_3dhp_17', 'smpl_24']  # the 3D datasets' formats
     for split in ('val', 'test'):
@@ -231,9 +220,11 @@ def test_smoke_run_end_to_end(metrabs_smoke_run):
             labelled = [m['formats'][f]['mpjpe'] for f in results['formats_3d']]
             assert m['mean_3d']['mpjpe'] == pytest.approx(np.mean(labelled))
             assert m['mean']['mpjpe'] == pytest.approx(np.mean([v['mpjpe'] for v in m['formats'].values()]))
-    assert {c['holds'] for c in results['checks']} <= {True, False}
-    assert any('consistency regularization lowers' in c['check'] for c in results['checks'])
-    training = results['context']['training']
+    # The checks are recomputed from the numbers they report (not just present).
+    recomputed = [c.to_dict() for c in mab_eval.acceptance_checks(results)]
+    assert record['checks'] == recomputed and any('consistency regularization lowers' in c['claim']
+                                                  for c in recomputed)
+    training = record['context']['training']
     assert training['stage1']['steps'] == 40 and training['stage2_consistency']['steps'] == 24  # 20 + 4 BN steps
     report = (out / 'results.md').read_text()
     for heading in ('## val:', '## test:', '## Paper trends', '## Acceptance checks', '## Per format'):
@@ -257,7 +248,7 @@ def test_smoke_run_refuses_to_overwrite_and_resumes(metrabs_smoke_run, run_metra
     after = json.loads((out / 'results.json').read_text())
     # Restored stages and cached predictions give the same numbers (the reloaded ACAE's float32 weights
     # may differ from the fitted layer's in the last bit).
-    flat_before, flat_after = _flatten(before['metrics']), _flatten(after['metrics'])
+    flat_before, flat_after = _flatten(before['results']['metrics']), _flatten(after['results']['metrics'])
     assert flat_before.keys() == flat_after.keys()
     for key, value in flat_before.items():
         assert flat_after[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
@@ -268,7 +259,8 @@ def test_smoke_run_of_the_latent_and_hybrid_variants(run_metrabs_smoke, tmp_path
     out = tmp_path / 'latent_hybrid'
     process, _ = run_metrabs_smoke(out, '--variant=latent,hybrid')
     assert process.returncode == 0, process.stderr[-3000:]
-    results = json.loads((out / 'results.json').read_text())
+    record = json.loads((out / 'results.json').read_text())
+    results = record['results']
     assert results['models'] == ['mean_pose', 'stage1', 'latent', 'hybrid']
     for split in ('val', 'test'):
         m = results['metrics'][split]
@@ -277,4 +269,4 @@ def test_smoke_run_of_the_latent_and_hybrid_variants(run_metrabs_smoke, tmp_path
         for variant in ('latent', 'hybrid'):
             assert m[variant]['consistency']['acae_residual_mm'] < 0.5 * m['stage1']['consistency']['acae_residual_mm']
     assert (out / 'saved_model' / 'saved_model.pb').is_file()  # the first variant (latent) is exported
-    assert results['context']['training']['stage2_hybrid']['steps'] == 24
+    assert record['context']['training']['stage2_hybrid']['steps'] == 24

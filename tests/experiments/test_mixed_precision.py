@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from experiments import common
 from experiments import mixed_precision as mp
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -24,7 +25,11 @@ def smoke(tmp_path_factory):
                '--mocap-dir=procedural']
     process = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S)
     assert process.returncode == 0, process.stderr[-4000:]
-    return out, json.loads((out / 'results.json').read_text())
+    record = json.loads((out / 'results.json').read_text())
+    common.validate_results(record)
+    assert record['checks'] == [c.to_dict() for c in mp.checks(record['results']['records'],
+                                                               record['results']['mixed_policy'])]
+    return out, record['results']
 
 
 def test_smoke_has_both_policies_of_every_model_with_the_same_steps(smoke):
@@ -126,9 +131,9 @@ def test_render_crops_centres_the_pose_with_the_margin():
 
 
 def test_plan_and_config_checks():
-    names = [spec.name for spec in mp.plan(mp.PRESETS['quick'])]
+    names = [spec.name for spec in mp.plan(mp.PRESETS['default'])]
     assert names == ['gcn_lifter@1x', 'gcn_lifter@4x', 'motion_vae@1x', 'motion_vae@4x', 'metrabs_backbone@1x']
-    quick = mp.PRESETS['quick']
+    quick = mp.PRESETS['default']
     assert (quick.gcn_channels, quick.mvae_hidden, quick.widths) == (128, 1024, (1, 4))
     steps = {spec.name: spec.steps for spec in mp.plan(quick)}
     assert steps['gcn_lifter@4x'] == quick.wide_steps and steps['metrabs_backbone@1x'] == quick.steps

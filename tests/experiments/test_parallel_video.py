@@ -15,8 +15,8 @@ SMOKE_TIMEOUT_S = 900
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
 
-def test_quick_plan_has_every_configuration_of_the_issue():
-    specs = pv.plan(pv.PRESETS['quick'])
+def test_default_plan_has_every_configuration_of_the_issue():
+    specs = pv.plan(pv.PRESETS['default'])
     keys = {(s.family, s.subnets, s.clocks, s.temporal, s.feedback, s.distilled) for s in specs}
     for clocks in (False, True):
         for k in (1, 2, 4, 7, 14):
@@ -52,12 +52,16 @@ def smoke(tmp_path_factory):
                '--mocap-dir=procedural', '--seed=1']
     process = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S)
     assert process.returncode == 0, process.stderr[-4000:]
-    return out, json.loads((out / 'results.json').read_text())
+    record = json.loads((out / 'results.json').read_text())
+    common.validate_results(record)
+    return out, record
 
 
 def test_smoke_writes_a_record_per_configuration_with_exact_counts(smoke):
-    out, results = smoke
+    out, record = smoke
+    results = record['results']
     config = pv.PRESETS['smoke']
+    assert record['experiment'] == 'parallel_video' and record['seeds'] == [1] and not config.variants
     models = [r for r in results['records'] if r['kind'] == 'model']
     assert [r['model'] for r in models] == [s.name for s in pv.plan(config)]
     for r in models:
@@ -68,7 +72,7 @@ def test_smoke_writes_a_record_per_configuration_with_exact_counts(smoke):
                     'distance_to_teacher'):
             assert math.isfinite(r[key]), (r['model'], key)
         assert r['params'] > 0 and r['frames_per_s'] > 0 and len(r['ms_per_frame_rounds']) == config.timing_rounds
-        assert r['latency'] == (r['subnets'] - 1 if not r['temporal'] else r['latency'])
+        assert not r['temporal'] and r['latency'] == r['subnets'] - 1  # one parallel link per extra subnetwork
         assert r['sequential_depth_per_frame'] >= 1
     by = {(r['subnets'], r['clocks'], r['distilled']): r for r in models}
     for k in config.densenet_subnets:
@@ -84,4 +88,10 @@ def test_smoke_writes_a_record_per_configuration_with_exact_counts(smoke):
     report = (out / 'results.md').read_text()
     assert 'densenet_s4_clocks' in report and 'Notes' in report and 'sequential depth per frame' in report
     assert (out / 'loss_vs_speed.png').read_bytes()[:8] == PNG_MAGIC
-    assert results['context']['checks']
+    checks = {c['claim']: c for c in record['checks']}
+    counting = 'Par-DenseNet: executions and FLOPs counted inside the compiled step equal the analytic counts ' \
+               'for every configuration'
+    assert checks[counting]['holds'] is True  # the counts compared one by one above
+    beat = [r for r in models if r['test_loss'] < baselines[0]['test_loss']]
+    baseline_check = [c for name, c in checks.items() if 'beats the constant mean-heatmap' in name]
+    assert len(baseline_check) == 1 and baseline_check[0]['holds'] == (len(beat) == len(models))
