@@ -372,7 +372,9 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str],
         cells = []
         for c in columns:
             v = row.get(c, '')
-            if isinstance(v, float):
+            if v is None:
+                cells.append('')
+            elif isinstance(v, float):
                 cells.append(format(v, floatfmt))
             else:
                 cells.append(str(v))

@@ -49,7 +49,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from absl import flags
@@ -72,6 +72,16 @@ class Config:
     """Experiment settings (frozen; ``--set key=value`` overrides, unknown keys are errors).
 
     Data:
+      datasets: the training datasets (``--datasets``; empty: the four synthetic ones, ``synth.PRESETS``): each
+        a synthetic name (``h36m_like``...), ``adapter=root`` for a dataset adapter of
+        :mod:`posekit.data.adapters` (``h36m=/data/h36m``), ``name=manifest.json|.csv`` (your own data, see the
+        manifest adapter) or ``name=index.h5`` (an index written by ``tools.make_index``); adapter options as
+        ``adapter=root;key=value;key=value``.
+      composition: examples per dataset per batch: '' (the 3D part ``batch_3d`` and the 2D part ``batch_2d``
+        split evenly), ``table_s1_small|medium|full`` (supplement Table S1 scaled to those parts, for the
+        datasets given) or ``name=count,name=count``.
+      backbone_weights: '' (random initialisation), a Keras weights file of the backbone's keras.applications
+        network, or ``imagenet`` (an explicit opt-in: Keras downloads the ImageNet weights).
       n_train, n_val, n_test: examples per dataset and split (the test split is generated only when
         it differs from val: procedural motion or an external ``--test-mocap-dir``).
       crop_size: S, side of the square person crops (px).
@@ -108,6 +118,9 @@ class Config:
       eval_batch, log_every, checkpoint_every, export.
     """
 
+    datasets: Tuple[str, ...] = ()
+    composition: str = ''
+    backbone_weights: str = ''
     n_train: int = 4000
     n_val: int = 400
     n_test: int = 400
@@ -150,13 +163,13 @@ class Config:
     export: bool = True
 
     def __post_init__(self):
-        for name in ('n_train', 'n_val', 'crop_size', 'batch_3d', 'batch_2d', 'depth_bins', 'stage1_steps',
+        for name in ('n_train', 'n_val', 'crop_size', 'batch_3d', 'depth_bins', 'stage1_steps',
                      'pseudo_gt_per_dataset', 'acae_latents', 'acae_steps', 'stage2_steps', 'eval_batch',
                      'log_every', 'checkpoint_every', 'data_workers'):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f'{name} must be an int >= 1, received {name}={value!r}')
-        for name in ('n_test', 'ghost_batch_size', 'bn_inference_steps', 'data_seed'):
+        for name in ('n_test', 'batch_2d', 'ghost_batch_size', 'bn_inference_steps', 'data_seed'):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f'{name} must be an int >= 0, received {name}={value!r}')
@@ -175,6 +188,9 @@ class Config:
         if bad or not variants or len(set(variants)) != len(variants):
             raise ValueError(f'variants must be distinct names among {VARIANTS}, received variants={self.variants!r}')
         object.__setattr__(self, 'variants', variants)
+        object.__setattr__(self, 'datasets', tuple(self.datasets))
+        if self.datasets:
+            parse_datasets(self.datasets)  # raises ValueError naming a malformed entry
 
     @property
     def batch_size(self) -> int:
@@ -223,16 +239,108 @@ def parse_variants(value: Optional[str], default: Sequence[str]) -> Tuple[str, .
 # Data
 # ----------------------------------------------------------------------------------------------
 
+SYNTHETIC_STAND_INS = {'h36m_like': 'h36m', 'mpi_like': 'mpi_inf_3dhp', 'smpl_like': 'surreal', 'coco_like': 'coco'}
+"""The Table S1 dataset each synthetic dataset stands in for (``--composition=table_s1_*``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetEntry:
+    """One training dataset of ``--datasets``: synthetic (rendered shards) or full images (adapter, manifest,
+    index), with its skeleton and label kind once loaded."""
+    name: str
+    kind: str  # 'synthetic' | 'adapter' | 'manifest' | 'index'
+    root: str = ''
+    options: Tuple[Tuple[str, str], ...] = ()
+
+
+def parse_datasets(items: Sequence[str]) -> List[DatasetEntry]:
+    """``--datasets`` entries (see :class:`Config`) -> :class:`DatasetEntry` list (default: synthetic)."""
+    from posekit.data import adapters, synth
+    entries = []
+    for item in items or tuple(synth.PRESETS):
+        item = item.strip()
+        head, *option_items = item.split(';')
+        options = []
+        for option in option_items:
+            if '=' not in option:
+                raise ValueError(f'--datasets {item!r}: options must be key=value, got {option!r}')
+            key, value = option.split('=', 1)
+            options.append((key.strip(), value))
+        name, _, root = head.partition('=')
+        name, root = name.strip(), root.strip()
+        if name in synth.PRESETS:
+            if root or options:
+                raise ValueError(f'--datasets {item!r}: the synthetic dataset {name!r} takes no root or options')
+            entries.append(DatasetEntry(name, 'synthetic'))
+        elif name in adapters.names() and name != 'manifest':
+            if not root:
+                raise ValueError(f'--datasets {item!r}: the adapter {name!r} needs a root, e.g. {name}=/data/{name}')
+            entries.append(DatasetEntry(name, 'adapter', root, tuple(options)))
+        elif root.lower().endswith(('.json', '.csv')) or (not root and name.lower().endswith(('.json', '.csv'))):
+            path = root or name
+            label = name if root else os.path.splitext(os.path.basename(path))[0]
+            entries.append(DatasetEntry(label, 'manifest', path, tuple(options)))
+        elif root.lower().endswith('.h5'):
+            entries.append(DatasetEntry(name, 'index', root))
+        else:
+            raise ValueError(f'--datasets {item!r}: not a synthetic dataset {tuple(synth.PRESETS)}, an adapter '
+                             f'{tuple(n for n in adapters.names() if n != "manifest")}=root, a manifest (.json/.csv) '
+                             'or an index (.h5)')
+    names = [e.name for e in entries]
+    if len(set(names)) != len(names):
+        raise ValueError(f'--datasets names must be distinct, got {names}')
+    return entries
+
+
 def dataset_specs(config: Config):
-    """The synthetic datasets (``synth.PRESETS`` order) with this config's sizes and crop."""
+    """The synthetic datasets of the run (``synth.PRESETS`` specs) with this config's sizes and crop."""
     from posekit.data import synth
+    names = [e.name for e in parse_datasets(config.datasets) if e.kind == 'synthetic']
     return [dataclasses.replace(spec, n_train=config.n_train, n_val=config.n_val, n_test=config.n_test)
-            for spec in synth.preset_specs('default', crop_size=config.crop_size)]
+            for spec in synth.preset_specs('default', names=names, crop_size=config.crop_size)] if names else []
 
 
-def composition(config: Config) -> Dict[str, int]:
-    from posekit.data import pipeline
-    return pipeline.make_composition(pipeline.DATASETS_3D, pipeline.DATASETS_2D, config.batch_3d, config.batch_2d)
+def composition(config: Config, kinds: Optional[Mapping[str, str]] = None) -> Dict[str, int]:
+    """Examples per dataset per batch ({name: count}, batch order: 3D datasets first).
+
+    ``kinds``: {dataset name: '3d' | '2d'} of the loaded datasets (default: the synthetic datasets' kinds).
+    """
+    from posekit.data import pipeline, synth
+    if kinds is None and '=' in config.composition:  # already resolved (resolve_composition): the given order
+        return {n.strip(): int(c) for n, _, c in (p.partition('=') for p in config.composition.split(','))}
+    if kinds is None:
+        kinds = {spec.name: spec.label_kind for spec in dataset_specs(config)}
+    names_3d = [n for n, k in kinds.items() if k == '3d']
+    names_2d = [n for n, k in kinds.items() if k == '2d']
+    spec = config.composition.strip()
+    if not spec:
+        return pipeline.make_composition(names_3d, names_2d, config.batch_3d if names_3d else 0,
+                                         config.batch_2d if names_2d else 0)
+    if spec.startswith('table_s1_'):
+        return pipeline.table_s1_composition(spec[len('table_s1_'):], names_3d + names_2d,
+                                             config.batch_3d if names_3d else 0, config.batch_2d if names_2d else 0,
+                                             aliases=SYNTHETIC_STAND_INS)
+    counts = {}
+    for part in spec.split(','):
+        name, _, count = part.partition('=')
+        if not count.strip().isdigit() or int(count) < 1 or name.strip() not in kinds:
+            raise ValueError(f'--composition {spec!r}: {part!r} must be dataset=count with a dataset of '
+                             f'{list(kinds)} and count >= 1')
+        counts[name.strip()] = int(count)
+    missing = [n for n in kinds if n not in counts]
+    if missing:
+        raise ValueError(f'--composition {spec!r} lacks the datasets {missing}')
+    return {n: counts[n] for n in names_3d + names_2d}
+
+
+def resolve_composition(config: Config, kinds: Mapping[str, str]) -> Config:
+    """The config with its composition written out (``name=count,...``, 3D datasets first) and ``batch_3d`` /
+    ``batch_2d`` the sums of its 3D and 2D parts (the ghost-BN groups), for the loaded datasets' ``kinds``."""
+    counts = composition(config, kinds)
+    return dataclasses.replace(
+        config, composition=','.join(f'{n}={c}' for n, c in counts.items()),
+        batch_3d=sum(c for n, c in counts.items() if kinds[n] == '3d'),
+        batch_2d=sum(c for n, c in counts.items() if kinds[n] == '2d'))
 
 
 def eval_splits(mocap_dir: Optional[str], test_mocap_dir: Optional[str]) -> Dict[str, str]:
@@ -252,32 +360,78 @@ def eval_splits(mocap_dir: Optional[str], test_mocap_dir: Optional[str]) -> Dict
 
 
 def prepare_data(config: Config, data_dir: str, mocap_dir, test_mocap_dir, log) -> Dict[str, Dict[str, List[str]]]:
-    """Renders (or reuses) the shards; returns {dataset: {split: [paths]}}. Call before TensorFlow works."""
+    """Renders (or reuses) the synthetic shards; returns {dataset: {split: [paths]}}. Call before TensorFlow
+    works (rendering forks worker processes)."""
     from posekit.data import storage
+    specs = dataset_specs(config)
+    if not specs:
+        return {}
     splits = ('train',) + tuple(eval_splits(mocap_dir, test_mocap_dir))
     return storage.ensure_datasets(
-        data_dir, dataset_specs(config), seed=config.data_seed, mocap_dir=mocap_dir,
+        data_dir, specs, seed=config.data_seed, mocap_dir=mocap_dir,
         test_mocap_dir=test_mocap_dir, splits=splits, workers=config.data_workers, progress=True,
         max_frames_per_clip=config.max_frames_per_clip, log=log)
+
+
+def full_image_indices(config: Config, data_dir: str, log) -> Dict[str, str]:
+    """{name: index file} of the full-image training datasets: adapter and manifest entries are indexed once
+    (``<data_dir>/index/<name>_train.h5``, rebuilt when the entry changes), index entries used as given."""
+    from posekit.data import adapters, examples
+    out = {}
+    for entry in parse_datasets(config.datasets):
+        if entry.kind == 'synthetic':
+            continue
+        if entry.kind == 'index':
+            out[entry.name] = entry.root
+            continue
+        path = os.path.join(data_dir, 'index', f'{entry.name}_train.h5')
+        key = json.dumps(dict(kind=entry.kind, root=os.path.abspath(entry.root), options=entry.options))
+        key_path = path + '.key'
+        if os.path.isfile(path) and os.path.isfile(key_path):
+            with open(key_path, encoding='utf-8') as f:
+                if f.read() == key:
+                    log(f'{entry.name}: index {path} up to date (reused)')
+                    out[entry.name] = path
+                    continue
+        adapter = 'manifest' if entry.kind == 'manifest' else entry.name
+        items = adapters.load(adapter, entry.root, 'train', **dict(entry.options))
+        if not items:
+            raise ValueError(f'--datasets {entry.name}: the {adapter} adapter found no training examples in '
+                             f'{entry.root!r}')
+        examples.write_index(path, items, 'train', root=adapters.image_root(adapter, entry.root))
+        common.atomic_write_text(key_path, key)
+        log(f'{entry.name}: indexed {len(items)} training examples of {entry.root} -> {path}')
+        out[entry.name] = path
+    return out
+
+
+def joint_space(config: Optional[Config] = None, index_skeletons: Optional[Mapping[str, str]] = None):
+    """The model's joint space: the synthetic datasets' formats (``bodies.DEFAULT_FORMATS``) when any synthetic
+    dataset is used, then the skeletons of the full-image datasets in ``--datasets`` order."""
+    from posekit.data.bodies import DEFAULT_FORMATS
+    from posekit.skeletons import JointSpace
+    formats = list(DEFAULT_FORMATS) if config is None or dataset_specs(config) else []
+    for skeleton in (index_skeletons or {}).values():
+        if skeleton not in formats:
+            formats.append(skeleton)
+    return JointSpace(formats)
 
 
 # ----------------------------------------------------------------------------------------------
 # Model
 # ----------------------------------------------------------------------------------------------
 
-def joint_space():
-    from posekit.data.bodies import DEFAULT_FORMATS
-    from posekit.skeletons import JointSpace
-    return JointSpace(DEFAULT_FORMATS)
-
-
 def build_backbone(config: Config):
     from posekit.models import backbones
-    groups = None if config.ghost_batch_size else [config.batch_3d, config.batch_2d]
+    groups = None if config.ghost_batch_size else [n for n in (config.batch_3d, config.batch_2d) if n]
+    weights = config.backbone_weights or None
+    if weights not in (None, 'imagenet') and not os.path.isfile(weights):
+        raise FileNotFoundError(f'--backbone-weights {weights!r} is not a file (a Keras weights file of the '
+                                f'{config.backbone} backbone, or "imagenet" to download the ImageNet weights)')
     return backbones.build_backbone(
         config.backbone, input_shape=(config.crop_size, config.crop_size, 3), width=config.backbone_width,
         depth=config.backbone_depth, ghost_batch_size=config.ghost_batch_size or None, ghost_groups=groups,
-        max_norm=config.max_norm)
+        max_norm=config.max_norm, checkpoint=weights)
 
 
 def resolve_precision(config: Config, space, streams, seed: int, log=None) -> str:
@@ -549,14 +703,36 @@ def run_experiment(config: Config, out: str, seed: int = 0, mocap_dir: Optional[
     data_dir = config.data_dir or os.path.join(out, 'data')
     with clock.phase('data'):
         paths = prepare_data(config, data_dir, mocap_dir, test_mocap_dir, log)  # before TensorFlow starts
+        indices = full_image_indices(config, data_dir, log)
 
     from experiments import metrabs_acae_eval as evaluation
-    from posekit.data import pipeline
+    from posekit.data import examples, full_image, pipeline
+    from posekit.data.bodies import DEFAULT_FORMATS
     from posekit.eval import baselines
 
-    space = joint_space()
-    splits = eval_splits(mocap_dir, test_mocap_dir)
-    streams = {name: pipeline.stream_from_shards(p['train']) for name, p in paths.items()}
+    sources = {name: examples.open_index(path) for name, path in indices.items()}
+    space = joint_space(config, {name: source.skeleton for name, source in sources.items()})
+    kinds = {}
+    for entry in parse_datasets(config.datasets):
+        if entry.kind == 'synthetic':
+            kinds[entry.name] = next(spec.label_kind for spec in dataset_specs(config) if spec.name == entry.name)
+        else:
+            kinds[entry.name] = '3d' if np.any(sources[entry.name].field('is_3d')) else '2d'
+    config = resolve_composition(config, kinds)
+    splits = eval_splits(mocap_dir, test_mocap_dir) if paths else {}
+
+    def widened(source):
+        if tuple(space.formats) == tuple(DEFAULT_FORMATS):
+            return source
+        return pipeline.JointSpaceSource(source, DEFAULT_FORMATS, space)
+
+    synthetic = {name: pipeline.stream_from_shards(p['train']) for name, p in paths.items()}
+    streams = {}
+    for name in composition(config):
+        if name in synthetic:
+            streams[name] = widened(synthetic[name])
+        else:
+            streams[name] = full_image.FullImageStream(sources[name], space, sources[name].skeleton, config.crop_size)
     with clock.phase('precision'):  # decided once per --out: a resumed run keeps its policy
         precision_path = os.path.join(out, 'precision.json')
         saved = None
@@ -571,7 +747,7 @@ def run_experiment(config: Config, out: str, seed: int = 0, mocap_dir: Optional[
         config = dataclasses.replace(config, precision=policy)
     eval_sources = {split: {name: pipeline.stream_from_shards(p[split]) for name, p in paths.items()}
                     for split in splits}
-    motion = streams[next(iter(streams))].metadata['motion_source']
+    motion = next(iter(synthetic.values())).metadata['motion_source'] if synthetic else 'none (full images only)'
 
     with clock.phase('stage1'):
         stage1_model, stage1_result = run_stage1(config, space, streams, out, seed, resume, log)
@@ -595,11 +771,14 @@ def run_experiment(config: Config, out: str, seed: int = 0, mocap_dir: Optional[
         stage2[variant] = dict(model=model, result=result)
 
     with clock.phase('evaluation'):
-        train_poses = [s.arrays(['coords3d', 'is_3d']) for s in streams.values()]
-        baseline = baselines.mean_pose(np.concatenate([a['coords3d'][a['is_3d']] for a in train_poses]))
-        formats_3d = [spec.fmt for spec in dataset_specs(config) if spec.label_kind == '3d']
-        results, checks = evaluation.evaluate_all(predictions, eval_sources, baseline, space, acae, splits,
-                                                  formats_3d)
+        if splits:  # the synthetic datasets' evaluation sets (all formats of DEFAULT_FORMATS labelled)
+            train_poses = [s.arrays(['coords3d', 'is_3d']) for s in synthetic.values()]
+            baseline = baselines.mean_pose(np.concatenate([a['coords3d'][a['is_3d']] for a in train_poses]))
+            formats_3d = [spec.fmt for spec in dataset_specs(config) if spec.label_kind == '3d']
+            results, checks = evaluation.evaluate_all(predictions, eval_sources, baseline, space, acae, splits,
+                                                      formats_3d, eval_formats=DEFAULT_FORMATS)
+        else:
+            results, checks = evaluation.no_evaluation(), []
 
     exported = None
     if config.export:
@@ -660,6 +839,16 @@ def define_flags():
                         f'Stage-2 variant(s): one of {VARIANTS}, a comma-separated list or "all" '
                         "(default: the preset's; the first one is exported).")
     flags.DEFINE_bool('resume', False, 'Continue every stage from its checkpoints in --out.')
+    flags.DEFINE_string('datasets', None,
+                        'Training datasets, comma-separated (default: the synthetic h36m_like, mpi_like, smpl_like, '
+                        'coco_like): a synthetic name, adapter=root (h36m, mpi_inf_3dhp, coco, mpii, panoptic; '
+                        'options as adapter=root;key=value), name=manifest.json|.csv, or name=index.h5.')
+    flags.DEFINE_string('composition', None,
+                        'Examples per dataset per batch: name=count,... or table_s1_small|medium|full (supplement '
+                        'Table S1 scaled to batch_3d + batch_2d); default: an even split.')
+    flags.DEFINE_string('backbone-weights', None,
+                        'Keras weights file for the backbone, or "imagenet" (explicit opt-in: downloads the '
+                        'ImageNet weights). Default: random initialisation, nothing downloaded.')
 
 
 def main(argv):
@@ -668,6 +857,14 @@ def main(argv):
     absl_logging.set_verbosity(absl_logging.WARNING)  # TensorFlow's INFO lines while saving the model
     config = common.resolve_config(PRESETS, FLAGS.preset, FLAGS.set)
     config = dataclasses.replace(config, variants=parse_variants(FLAGS.variant, config.variants))
+    changes = {}
+    if FLAGS.datasets is not None:
+        changes['datasets'] = tuple(item for item in FLAGS.datasets.split(',') if item.strip())
+    if FLAGS.composition is not None:
+        changes['composition'] = FLAGS.composition
+    if FLAGS['backbone-weights'].value is not None:
+        changes['backbone_weights'] = FLAGS['backbone-weights'].value
+    config = dataclasses.replace(config, **changes)
     record = run_experiment(config, FLAGS.out, seed=FLAGS.seed,
                             mocap_dir=common.resolve_mocap_dir(FLAGS['mocap-dir'].value),
                             test_mocap_dir=common.test_mocap_dir(FLAGS['test-mocap-dir'].value),

@@ -112,9 +112,17 @@ def pseudo_ground_truth(model, streams, config, path: str, predict=None) -> Dict
     cached = _load_cache(path, key)
     if cached is not None:
         return cached
+    from posekit.data import full_image
     predict = predict or make_predict_fn(model, config.crop_size)
-    parts = [predict_source(predict, SubsetSource(source, config.pseudo_gt_per_dataset), config.eval_batch)
-             for source in streams.values()]
+    parts = []
+    for source in streams.values():
+        if isinstance(source, full_image.FullImageStream):  # crops cut at load time, without augmentation
+            for batch in full_image.crop_batches(source, config.eval_batch, config.pseudo_gt_per_dataset):
+                parts.append(dict(coords3d_abs=predict(batch['image'], batch['intrinsics']).numpy(),
+                                  intrinsics=batch['intrinsics']))
+        else:
+            parts.append(predict_source(predict, SubsetSource(source, config.pseudo_gt_per_dataset),
+                                        config.eval_batch))
     arrays = {k: np.concatenate([p[k] for p in parts]) for k in ('coords3d_abs', 'intrinsics')}
     _save_cache(path, key, arrays)
     return arrays
@@ -132,34 +140,56 @@ def _mean_over_formats(per_format: Mapping[str, Mapping[str, float]]) -> Dict[st
 def model_metrics(pred, gt, space, acae, formats_3d: Sequence[str] = ()) -> Dict:
     """Per-format metrics, their mean over all formats (``mean``) and over the formats with 3D training
     labels (``mean_3d``; all formats when ``formats_3d`` is empty), and the consistency measures of
-    one model on one set."""
+    one model on one set.
+
+    ``pred`` may hold more joints than ``gt`` (the model's joint space is ``space`` extended by the skeletons of
+    real datasets): then the metrics use its first ``gt``-many joints (``space``'s formats come first) and the
+    ACAE residual, a property of the prediction alone, all of them.
+    """
     from posekit.eval import consistency
-    formats = consistency.per_format_metrics(pred, gt, space)
+    pred = np.asarray(pred, np.float64)
+    evaluated = pred[:, :gt.shape[1]]
+    formats = consistency.per_format_metrics(evaluated, gt, space)
     labelled = [f for f in formats if f in formats_3d] or list(formats)
+    measures = consistency.consistency_metrics(evaluated, gt, space)
+    if acae is not None and pred.shape[1] == acae.n_joints:
+        measures['acae_residual_mm'] = float(np.mean(consistency.acae_residuals(pred, acae)))
+    else:
+        measures['acae_residual_mm'] = None  # the mean pose covers only the evaluated formats
     return dict(formats=formats, mean=_mean_over_formats(formats),
-                mean_3d=_mean_over_formats({f: formats[f] for f in labelled}),
-                consistency=consistency.consistency_metrics(pred, gt, space, acae))
+                mean_3d=_mean_over_formats({f: formats[f] for f in labelled}), consistency=measures)
+
+
+def no_evaluation() -> Dict:
+    """The ``results`` of a run without synthetic evaluation sets (only full-image datasets: evaluate the
+    exported model on their test splits with ``python -m tools.evaluate``)."""
+    return dict(eval_sets={}, models=[], metrics={}, formats_3d=[], ground_truth_acae_residual_mm={})
 
 
 def evaluate_all(predictions, eval_sources, baseline_pose, space, acae, splits: Mapping[str, str],
-                 formats_3d: Sequence[str] = ()) -> Dict:
+                 formats_3d: Sequence[str] = (), eval_formats: Optional[Sequence[str]] = None) -> Dict:
     """(results, checks): the ``results`` of results.json (eval_sets, models, metrics[split][model], formats_3d,
     ground-truth ACAE residuals) and the acceptance checks (:class:`experiments.common.Check`).
 
     ``formats_3d``: the formats of the datasets with 3D labels. The accuracy checks against the
     mean-pose baseline use their mean (``mean_3d``): like the paper, which evaluates 3D accuracy only
     on 3D benchmarks, a format seen only with 2D labels (coco_19) has no depth supervision in stage 1
-    and is reported separately, not hidden.
+    and is reported separately, not hidden. ``eval_formats``: the formats the evaluation sets label (the
+    first formats of ``space``; default all of ``space``).
     """
     from posekit.eval import consistency
+    from posekit.skeletons import JointSpace
+    eval_space = space if eval_formats is None else JointSpace(eval_formats)
+    full = eval_space.n_joints == space.n_joints
     metrics, gt_residual = {}, {}
     for split in eval_sources:
         gt = predictions[STAGE1][split]['coords3d'].astype(np.float64)
-        per_model = {BASELINE: model_metrics(np.broadcast_to(baseline_pose, gt.shape), gt, space, acae, formats_3d)}
+        per_model = {BASELINE: model_metrics(np.broadcast_to(baseline_pose, gt.shape), gt, eval_space,
+                                             acae if full else None, formats_3d)}
         for name, by_split in predictions.items():
-            per_model[name] = model_metrics(by_split[split]['coords3d_abs'], gt, space, acae, formats_3d)
+            per_model[name] = model_metrics(by_split[split]['coords3d_abs'], gt, eval_space, acae, formats_3d)
         metrics[split] = per_model
-        gt_residual[split] = float(np.mean(consistency.acae_residuals(gt, acae)))
+        gt_residual[split] = float(np.mean(consistency.acae_residuals(gt, acae))) if full else None
     results = dict(eval_sets=dict(splits), models=[BASELINE] + list(predictions), metrics=metrics,
                    formats_3d=list(formats_3d), ground_truth_acae_residual_mm=gt_residual)
     return results, acceptance_checks(results)
@@ -244,7 +274,7 @@ def summary_table(record) -> str:
     results = record['results']
     lines = []
     for split, description in results['eval_sets'].items():
-        n_formats = len(record['context']['joint_space'])
+        n_formats = len(next(iter(results['metrics'][split].values()))['formats'])
         lines += [f'{description} (mm; columns from MPJPE on: mean over the {n_formats} formats)', '',
                   common.markdown_table(_summary_rows(results, split), SUMMARY_COLUMNS, SUMMARY_HEADERS)]
     return '\n'.join(lines)
@@ -307,7 +337,11 @@ def markdown_report(record) -> str:
         lines += [f'## {description}', '',
                   common.markdown_table(_summary_rows(results, split), SUMMARY_COLUMNS, SUMMARY_HEADERS),
                   f'ACAE residual of the ground truth itself (floor of the measure): '
-                  f'{results["ground_truth_acae_residual_mm"][split]:.1f} mm.', '']
+                  f'{common.fmt(results["ground_truth_acae_residual_mm"][split], missing="n/a (the evaluation sets do not label every format of the model)")} mm.', '']
+    if not results['eval_sets']:
+        lines += ['No synthetic evaluation set: the run trained on full-image datasets only. Evaluate the exported '
+                  'model on their test splits with `python -m tools.evaluate`.', '']
+        return '\n'.join(lines)
     split = _primary_split(results)
     trend_rows = _trend_rows(results, split)
     if trend_rows:

@@ -255,6 +255,15 @@ class IndexSource:
         out['example_id'] = indices
         return out
 
+    def field(self, name: str) -> np.ndarray:
+        """One array field of every example (e.g. ``is_3d``), without reading images."""
+        if name not in ARRAY_FIELDS:
+            raise ValueError(f'name must be one of {sorted(ARRAY_FIELDS)}, got {name!r}')
+        with self._lock:
+            if self._file is None:
+                self._file = h5py.File(self.path, 'r')
+            return self._file[name][()]
+
     def examples(self) -> List[Dict]:
         """All examples as a list of dicts."""
         data = self.get(np.arange(len(self)))

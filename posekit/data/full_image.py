@@ -248,3 +248,17 @@ def crop_batch(raw: Mapping[str, tf.Tensor], stream: FullImageStream, keys=None,
     return dict(image=augment_lib.to_uint8(images), intrinsics=tf.cast(crop_k, tf.float32),
                 coords3d=tf.cast(place(crop3d), tf.float32), coords2d=tf.cast(place(coords2d), tf.float32),
                 joint_valid=place(valid), is_3d=is_3d, example_id=tf.cast(raw['example_id'], tf.int64))
+
+
+def crop_examples(stream: FullImageStream, indices) -> Dict[str, np.ndarray]:
+    """The un-augmented crop examples of ``indices`` (numpy; eager TF): for evaluation and pseudo ground truth."""
+    indices = np.asarray(indices, np.int64)
+    out = crop_batch(raw_to_tensors(stream.get_raw(indices), stream), stream)
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def crop_batches(stream: FullImageStream, batch_size: int, count: Optional[int] = None):
+    """Yields :func:`crop_examples` of the first ``count`` (default all) examples, ``batch_size`` at a time."""
+    n = len(stream) if count is None else min(int(count), len(stream))
+    for start in range(0, n, batch_size):
+        yield crop_examples(stream, np.arange(start, min(start + batch_size, n)))

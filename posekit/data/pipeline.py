@@ -85,6 +85,77 @@ COMPOSITIONS: Dict[str, Dict[str, int]] = {
 }
 """Batch compositions {dataset name: examples per batch} (datasets in batch order)."""
 
+TABLE_S1: Dict[str, Dict[str, int]] = {
+    'small': {'muco_3dhp': 32, 'h36m': 32, 'surreal': 32, 'coco': 8, 'mpii': 8, 'posetrack': 8, 'jrdb': 8},
+    'medium': {'muco_3dhp': 9, 'panoptic': 9, 'aist_dance': 9, 'humbi': 7, 'mpi_inf_3dhp': 5, 'rich': 7,
+               'h36m': 9, 'totalcapture': 5, 'surreal': 8, '3dpeople': 6, 'jta': 5, 'hspace': 5, 'sail_vos': 7,
+               'agora': 5, 'coco': 8, 'mpii': 8, 'posetrack': 8, 'jrdb': 8},
+    'full': {'muco_3dhp': 6, 'panoptic': 7, 'aist_dance': 6, 'humbi': 5, 'mpi_inf_3dhp': 3, 'rich': 4,
+             'behave': 3, 'aspset': 4, '3doh50k': 3, 'ikea_asm': 2, 'h36m': 4, 'totalcapture': 3, 'bml_movi': 5,
+             'berkeley_mhad': 3, 'umpm': 2, 'fit3d': 2, 'gpa': 4, 'humansc3d': 1, 'chi3d': 1, 'human4d': 1,
+             'mads': 2, 'surreal': 5, '3dpeople': 4, 'jta': 3, 'hspace': 3, 'sail_vos': 5, 'agora': 3, 'spec': 2,
+             'coco': 8, 'mpii': 8, 'posetrack': 8, 'jrdb': 8},
+}
+"""Sárándi et al. (WACV'23), supplement Table S1: examples per batch of each dataset for the small, medium and
+full dataset combinations (96 3D + 32 2D per batch). Keys are posekit's adapter names where posekit has an
+adapter (``h36m``, ``mpi_inf_3dhp``, ``panoptic``, ``coco``, ``mpii``), lowercase dataset names otherwise."""
+
+TABLE_S1_2D = ('coco', 'mpii', 'posetrack', 'jrdb')
+"""The weakly supervised (2D-only) datasets of Table S1."""
+
+
+def _largest_remainder(weights: Sequence[float], total: int) -> List[int]:
+    """Integer counts proportional to ``weights`` summing to ``total``, each at least 1."""
+    weights = np.asarray(weights, np.float64)
+    if total < len(weights):
+        raise ValueError(f'{total} examples cannot give each of {len(weights)} datasets one')
+    raw = (total - len(weights)) * weights / weights.sum()
+    counts = np.floor(raw).astype(int)
+    for i in np.argsort(-(raw - counts), kind='stable')[:total - len(weights) - counts.sum()]:
+        counts[i] += 1
+    return (counts + 1).tolist()
+
+
+def table_s1_composition(level: str, names: Sequence[str], n_3d: int, n_2d: int,
+                         aliases: Optional[Mapping[str, str]] = None) -> Dict[str, int]:
+    """Table S1's composition ``level`` for the datasets one has, scaled to ``n_3d`` + ``n_2d`` examples.
+
+    The paper's per-batch counts of the datasets in ``names`` keep their proportions within the 3D part and
+    within the 2D part (largest remainders, at least one example each); datasets the paper used but one lacks
+    are left out.
+
+    Args:
+      level: 'small', 'medium' or 'full'.
+      names: dataset names in batch order (adapter names; ``aliases`` maps others, e.g. a manifest called
+        'my_h36m' -> 'h36m').
+      n_3d, n_2d: examples per batch of the 3D and the 2D part.
+
+    Raises:
+      ValueError: unknown level, a dataset Table S1 does not list at this level (naming it), or a part without
+        datasets that needs examples.
+    """
+    if level not in TABLE_S1:
+        raise ValueError(f'level must be one of {sorted(TABLE_S1)}, got {level!r}')
+    aliases = dict(aliases or {})
+    table = TABLE_S1[level]
+    keys = [aliases.get(n, n) for n in names]
+    missing = [n for n, k in zip(names, keys) if k not in table]
+    if missing:
+        raise ValueError(f'Table S1 ({level}) has no count for the datasets {missing}; give explicit counts '
+                         f'(name=count,...) or use one of {sorted(table)}')
+    part_2d = [k in TABLE_S1_2D for k in keys]
+    out = {}
+    for want_2d, total in ((False, n_3d), (True, n_2d)):
+        members = [(n, table[k]) for n, k, is_2d in zip(names, keys, part_2d) if is_2d == want_2d]
+        if not members:
+            if total:
+                raise ValueError(f'{total} {"2D" if want_2d else "3D"} examples per batch but no '
+                                 f'{"2D" if want_2d else "3D"} dataset')
+            continue
+        for (name, _), count in zip(members, _largest_remainder([c for _, c in members], total)):
+            out[name] = count
+    return {name: out[name] for name in names}
+
 
 # ----------------------------------------------------------------------------------------------
 # Sources
@@ -156,6 +227,51 @@ PIXEL_MAX = 255.0
 def to_unit_range(images):
     """uint8 (or 0-255 float) images -> float32 in [0, 1], the networks' input range (TF)."""
     return tf.cast(images, tf.float32) / PIXEL_MAX
+
+
+class JointSpaceSource:
+    """An :class:`ExampleSource` whose joints (``coords3d``, ``coords2d``, ``joint_valid``) are placed into a
+    larger joint space (the model's): formats the source lacks get zeros and ``joint_valid`` False.
+
+    Args:
+      source: the source; its joints are those of ``source_formats``.
+      source_formats: the formats of the source's joint space (in its order).
+      target_space: a :class:`posekit.skeletons.JointSpace` containing every source format.
+    """
+
+    JOINT_FIELDS = ('coords3d', 'coords2d', 'joint_valid')
+
+    def __init__(self, source: ExampleSource, source_formats: Sequence[str], target_space):
+        from posekit.skeletons import JointSpace
+        source_space = JointSpace(source_formats)
+        missing = [f for f in source_space.formats if f not in target_space.slices]
+        if missing:
+            raise ValueError(f'target_space lacks the source formats {missing}')
+        self.source = source
+        self.target_space = target_space
+        self._index = np.concatenate([np.arange(target_space.slices[f].start, target_space.slices[f].stop)
+                                      for f in source_space.formats])
+        self.metadata = getattr(source, 'metadata', {})
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def _widen(self, examples):
+        examples = dict(examples)
+        for field in self.JOINT_FIELDS:
+            if field in examples:
+                value = examples[field]
+                wide = np.zeros((value.shape[0], self.target_space.n_joints) + value.shape[2:], value.dtype)
+                wide[:, self._index] = value
+                examples[field] = wide
+        return examples
+
+    def get(self, indices) -> Dict[str, np.ndarray]:
+        return self._widen(self.source.get(indices))
+
+    def arrays(self, fields=None) -> Dict[str, np.ndarray]:
+        """All examples' ``fields`` (the source's ``arrays``), widened."""
+        return self._widen(self.source.arrays(fields))
 
 
 def stream_from_arrays(arrays: Mapping[str, np.ndarray]) -> ArraySource:

@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import math
+import pathlib
 
 import keras
 import numpy as np
@@ -270,3 +271,87 @@ def test_smoke_run_of_the_latent_and_hybrid_variants(run_metrabs_smoke, tmp_path
             assert m[variant]['consistency']['acae_residual_mm'] < 0.5 * m['stage1']['consistency']['acae_residual_mm']
     assert (out / 'saved_model' / 'saved_model.pb').is_file()  # the first variant (latent) is exported
     assert record['context']['training']['stage2_hybrid']['steps'] == 24
+
+
+# ------------------------------------------------------------------------------------------- real datasets
+REAL = pathlib.Path(__file__).resolve().parents[3] / 'shared' / 'data' / 'real_samples'
+
+
+def _write_manifest(folder, n=6):
+    """A manifest of rendered full frames with cameras (half of them with lens distortion), written as JPEGs."""
+    import cv2
+    from posekit.data import synth
+    spec = [s for s in synth.preset_specs('smoke', crop_size=64) if s.name == 'mpi_like'][0]
+    motion = synth.PreparedMotion(synth.load_motion_splits(None, seed=3, max_frames_per_clip=30).train)
+    items = []
+    for i in range(n):
+        frame = synth.render_full_frame(spec, motion, 'train', i, seed=3, image_shape=(240, 320),
+                                        distortion_coeffs=[-0.2, 0.05, 0, 0, 0] if i % 2 else None)
+        cv2.imwrite(str(folder / f'frame{i}.jpg'), cv2.cvtColor(frame['image'], cv2.COLOR_RGB2BGR))
+        items.append({'image': f'frame{i}.jpg', 'split': 'train', 'box': frame['box'].tolist(),
+                      'joints3d': frame['joints3d'].tolist(), 'subject': frame['subject'],
+                      'camera': {'intrinsic_matrix': frame['intrinsics'].tolist(),
+                                 'rotation': frame['rotation'].tolist(), 'translation': frame['translation'].tolist(),
+                                 'distortion': frame['distortion'].tolist(), 'world_up': frame['world_up'].tolist()}})
+    path = folder / 'labels.json'
+    path.write_text(json.dumps({'dataset': 'my_lab', 'skeleton': frame['skeleton'], 'examples': items}))
+    return path
+
+
+def test_smoke_run_on_real_datasets_a_manifest_and_synthetic_data(run_metrabs_smoke, tmp_path):
+    """Real frames (Human3.6M, MPI-INF-3DHP, COCO of real_samples; plumbing only, no reported accuracy) and an
+    own-data manifest mixed with synthetic datasets: every stage runs, the model predicts every skeleton."""
+    if not REAL.is_dir():
+        pytest.skip('needs ../shared/data/real_samples beside the clone (present in CI)')
+    manifest = _write_manifest(tmp_path)
+    out = tmp_path / 'real'
+    datasets = (f'h36m={REAL / "h36m"},mpi_inf_3dhp={REAL / "mpi_inf_3dhp"},'
+                f'coco={REAL / "coco"};annotation_file=test_coco.json;image_dir=,my_lab={manifest},h36m_like,coco_like')
+    composition = 'h36m=1,mpi_inf_3dhp=1,my_lab=2,h36m_like=2,coco=1,coco_like=1'
+    process, _ = run_metrabs_smoke(out, f'--datasets={datasets}', f'--composition={composition}')
+    assert process.returncode == 0, process.stderr[-3000:]
+    record = json.loads((out / 'results.json').read_text())
+    common.validate_results(record)
+    # The joint space: the synthetic formats, then the real skeletons that are new (coco_17 from COCO).
+    assert record['context']['joint_space'] == ['h36m_17', 'smpl_24', 'coco_19', 'mpi_inf_3dhp_17', 'coco_17']
+    # The composition written out, 3D datasets first; the ghost-BN groups are its 3D and 2D parts.
+    assert record['config']['composition'] == 'h36m=1,mpi_inf_3dhp=1,my_lab=2,h36m_like=2,coco=1,coco_like=1'
+    assert (record['config']['batch_3d'], record['config']['batch_2d']) == (6, 2)
+    assert 'h36m: indexed 4 training examples' in process.stderr and 'my_lab: indexed 6 training examples' in process.stderr
+    model = __import__('tensorflow').saved_model.load(str(out / 'saved_model'))
+    assert [s.decode() for s in model.skeletons.numpy()] == record['context']['joint_space']
+
+
+def test_compositions_explicit_and_table_s1():
+    config = dataclasses.replace(mab.PRESETS['smoke'], datasets=('h36m=/d/h36m', 'mpi_inf_3dhp=/d/3dhp', 'coco=/d/coco',
+                                                                 'smpl_like'))
+    kinds = {'h36m': '3d', 'mpi_inf_3dhp': '3d', 'coco': '2d', 'smpl_like': '3d'}
+    assert mab.composition(config, kinds) == {'h36m': 2, 'mpi_inf_3dhp': 2, 'smpl_like': 2, 'coco': 2}
+    # Table S1 (medium): h36m 9, mpi_inf_3dhp 5, surreal (smpl_like stands in) 8 -> scaled to 6 3D examples.
+    table = dataclasses.replace(config, composition='table_s1_medium')
+    assert mab.composition(table, kinds) == {'h36m': 2, 'mpi_inf_3dhp': 2, 'smpl_like': 2, 'coco': 2}
+    big = dataclasses.replace(table, batch_3d=22)
+    assert mab.composition(big, kinds) == {'h36m': 9, 'mpi_inf_3dhp': 5, 'smpl_like': 8, 'coco': 2}
+    resolved = mab.resolve_composition(dataclasses.replace(config, composition='coco=3,h36m=1,mpi_inf_3dhp=1,smpl_like=1'),
+                                       kinds)
+    assert resolved.composition == 'h36m=1,mpi_inf_3dhp=1,smpl_like=1,coco=3'
+    assert (resolved.batch_3d, resolved.batch_2d) == (3, 3)
+    assert mab.composition(resolved) == {'h36m': 1, 'mpi_inf_3dhp': 1, 'smpl_like': 1, 'coco': 3}
+    with pytest.raises(ValueError, match="lacks the datasets \\['smpl_like'\\]"):
+        mab.composition(dataclasses.replace(config, composition='h36m=1,mpi_inf_3dhp=1,coco=1'), kinds)
+    with pytest.raises(ValueError, match="Table S1 \\(medium\\) has no count for the datasets \\['my_lab'\\]"):
+        mab.composition(table, dict(kinds, my_lab='3d'))
+
+
+def test_datasets_flag_parsing():
+    entries = mab.parse_datasets(['h36m=/data/h36m', 'coco=/c;annotation_file=a.json;image_dir=', 'lab.json',
+                                  'mine=/x/i.h5', 'coco_like'])
+    assert [(e.name, e.kind) for e in entries] == [('h36m', 'adapter'), ('coco', 'adapter'), ('lab', 'manifest'),
+                                                  ('mine', 'index'), ('coco_like', 'synthetic')]
+    assert dict(entries[1].options) == {'annotation_file': 'a.json', 'image_dir': ''}
+    for bad, message in (('h36m', "the adapter 'h36m' needs a root"), ('nope=/x', 'not a synthetic dataset'),
+                         ('coco_like=/x', 'takes no root'), ('coco=/c;oops', 'options must be key=value')):
+        with pytest.raises(ValueError, match=message):
+            mab.parse_datasets([bad])
+    with pytest.raises(ValueError, match='names must be distinct'):
+        mab.parse_datasets(['coco_like', 'coco_like'])
