@@ -56,7 +56,7 @@ RESULTS_SCHEMA = {'schema_version': int, 'experiment': str, 'preset': str, 'conf
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
-               FileExistsError)
+               FileExistsError, OSError)
 """Exceptions that mean "the input or the command is wrong": reported in one line (no traceback)."""
 
 
@@ -110,7 +110,7 @@ def run_main(main: Callable[[List[str]], Any], name: Optional[str] = None) -> No
             return main(argv)
         except KeyboardInterrupt:
             print(f'{name}: interrupted', file=sys.stderr, flush=True)
-            sys.exit(EXIT_INTERRUPTED)
+            _exit_now(EXIT_INTERRUPTED)
         except USER_ERRORS as e:
             debug = flags.FLAGS['debug'].value if 'debug' in flags.FLAGS else False
             if debug:
@@ -118,6 +118,11 @@ def run_main(main: Callable[[List[str]], Any], name: Optional[str] = None) -> No
             message = e.args[0] if isinstance(e, KeyError) and e.args else e
             print(f'{name}: error: {message}', file=sys.stderr, flush=True)
             sys.exit(EXIT_USER_ERROR)
+        except Exception as e:  # noqa: BLE001 -- the training loop's interruption is not a bug
+            if type(e).__name__ != 'TrainingInterrupted':
+                raise
+            print(f'{name}: {e}', file=sys.stderr, flush=True)
+            _exit_now(EXIT_INTERRUPTED)
 
     def parse_flags(argv):
         try:
@@ -127,6 +132,62 @@ def run_main(main: Callable[[List[str]], Any], name: Optional[str] = None) -> No
             sys.exit(EXIT_USER_ERROR)
 
     app.run(wrapped, flags_parser=parse_flags)
+
+
+def _exit_now(code: int) -> None:
+    """Exits at once (the checkpoint is written): skips interpreter teardown, where TensorFlow's and tf.data's
+    threads can hold the process for many seconds."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+RUN_IGNORE = ('log_every', 'checkpoint_every', 'data_workers', 'eval_batch', 'export', 'progress')
+"""Config keys that may differ when a run is resumed: they change logging, speed or outputs, not results."""
+
+
+def check_writable(out) -> str:
+    """Creates ``out`` and checks that files can be written there, before any work (OSError naming it)."""
+    out = os.fspath(out)
+    try:
+        os.makedirs(out, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=out, prefix='.write-probe-')
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise PermissionError(f'--out {out!r} is not a writable folder ({e.strerror or e})') from None
+    return out
+
+
+def folder_fingerprint(folder: Optional[str]) -> Optional[Dict[str, Any]]:
+    """A cheap fingerprint of a motion folder: its BVH files' relative names and sizes (None for None)."""
+    if not folder:
+        return None
+    files = []
+    for root, _, names in os.walk(folder):
+        for n in sorted(names):
+            if n.lower().endswith('.bvh'):
+                path = os.path.join(root, n)
+                files.append(f'{os.path.relpath(path, folder)}:{os.path.getsize(path)}')
+    import hashlib
+    return dict(path=os.path.abspath(folder), n_files=len(files),
+                sha256=hashlib.sha256('\n'.join(sorted(files)).encode()).hexdigest())
+
+
+@contextlib.contextmanager
+def run_directory(out, experiment: str, config, seeds: Sequence[int], data: Optional[Mapping] = None,
+                  ignore: Sequence[str] = RUN_IGNORE):
+    """The experiments' guard of ``--out``: writable (checked first), one writer
+    (:class:`posekit.train.rundir.RunLock`), and one run: the resolved config, seeds and data fingerprints are
+    recorded in ``run.json`` and a later run in the folder must match them except for ``ignore`` keys
+    (:func:`posekit.train.rundir.start_run`, ConfigMismatchError listing the keys)."""
+    from posekit.train import rundir
+    check_writable(out)
+    with rundir.RunLock(out, description=f'{experiment} ' + ' '.join(sys.argv[1:])):
+        identity = dict(experiment=experiment, seeds=[int(s) for s in seeds],
+                        config=dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config))
+        rundir.start_run(out, identity, data=dict(data or {}), ignore=[f'config.{k}' for k in ignore])
+        yield
 
 
 # ----------------------------------------------------------------------------------------------
@@ -334,11 +395,18 @@ def atomic_write_text(path, text: str):
     """Writes ``text`` to ``path`` via a temporary file and rename (never a half-written file)."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.')
+    except OSError as e:
+        raise OSError(e.errno, f'cannot write {path}: {e.strerror or e}') from e
     try:
         with os.fdopen(fd, 'w') as f:
             f.write(text)
         os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise OSError(e.errno, f'cannot write {path}: {e.strerror or e}') from e
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -522,8 +522,16 @@ def run_experiment(config: Config, out: str, seeds: Sequence[int] = (0,), datase
     Finished runs (``out/runs/<run>_s<seed>/record.json``) are reused, unfinished ones resume
     from their checkpoints. Returns the records.
     """
+    data = dict(dataset=dataset, mocap=common.folder_fingerprint(mocap_dir),
+                test_mocap=common.folder_fingerprint(test_mocap_dir), data_dir=data_dir, cameras_file=cameras_file)
+    with common.run_directory(out, EXPERIMENT, config, seeds, data):
+        return _run_experiment(config, out, seeds, dataset, mocap_dir, test_mocap_dir, data_dir, cameras_file,
+                               progress, log, preset)
+
+
+def _run_experiment(config, out, seeds, dataset, mocap_dir, test_mocap_dir, data_dir, cameras_file, progress, log,
+                    preset):
     clock = common.PhaseClock()
-    os.makedirs(out, exist_ok=True)
     with clock.phase('data'):
         sets, test_set = load_sets(config, dataset, mocap_dir, test_mocap_dir, data_dir, cameras_file)
     load_s = clock.wall['data']

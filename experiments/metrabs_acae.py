@@ -695,10 +695,17 @@ def run_experiment(config: Config, out: str, seed: int = 0, mocap_dir: Optional[
                    log: Callable[[str], None] = print, preset: str = 'default') -> Dict:
     """Runs every stage (module docstring); writes results.json (the schema of :mod:`experiments.common`),
     results.md and saved_model/. Returns the results.json record."""
-    if _has_checkpoints(out) and not resume:
-        raise ValueError(f'--out {out!r} already holds checkpoints of a run; pass --resume to continue it '
-                         'or choose a new --out')
-    os.makedirs(out, exist_ok=True)
+    common.check_writable(out)
+    data = dict(mocap=common.folder_fingerprint(mocap_dir), test_mocap=common.folder_fingerprint(test_mocap_dir))
+    with common.run_directory(out, EXPERIMENT, config, [seed], data):
+        if _has_checkpoints(out) and not resume:
+            raise ValueError(f'--out {out!r} already holds checkpoints of a run; pass --resume to continue it '
+                             'or choose a new --out')
+        return _run_experiment(config, out, seed, mocap_dir, test_mocap_dir, resume, log, preset)
+
+
+def _run_experiment(config: Config, out: str, seed: int, mocap_dir: Optional[str], test_mocap_dir: Optional[str],
+                    resume: bool, log: Callable[[str], None], preset: str) -> Dict:
     clock = common.PhaseClock()
     data_dir = config.data_dir or os.path.join(out, 'data')
     with clock.phase('data'):

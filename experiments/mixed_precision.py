@@ -1017,6 +1017,12 @@ def plot_speedups(records: Sequence[dict], mixed_policy: str, path) -> None:
 def run_experiment(config: Config, out: str, seed: int = 0, mocap_dir: Optional[str] = None, log=print,
                    command: str = '', preset: str = 'default') -> List[dict]:
     """Measures every model of ``plan(config)`` and writes results.json, results.md and speedup.png to ``out``."""
+    with common.run_directory(out, EXPERIMENT, config, [seed], dict(mocap=common.folder_fingerprint(mocap_dir))):
+        return _run_experiment(config, out, seed, mocap_dir, log, command, preset)
+
+
+def _run_experiment(config: Config, out: str, seed: int, mocap_dir: Optional[str], log, command: str,
+                    preset: str) -> List[dict]:
     from posekit.train import precision
 
     start = time.perf_counter()

@@ -420,6 +420,13 @@ def plot_loss_vs_speed(records: List[dict], path: str):
 # ----------------------------------------------------------------------------------------------- main
 def run_experiment(config: Config, out: str, seed: int = 0, preset: str = 'default', mocap_dir=None,
                    test_mocap_dir=None, log=print):
+    """Trains, distils, times and evaluates every configuration; writes results.json, results.md, a plot."""
+    data = dict(mocap=common.folder_fingerprint(mocap_dir), test_mocap=common.folder_fingerprint(test_mocap_dir))
+    with common.run_directory(out, EXPERIMENT, config, [seed], data):
+        return _run_experiment(config, out, seed, preset, mocap_dir, test_mocap_dir, log)
+
+
+def _run_experiment(config: Config, out: str, seed: int, preset: str, mocap_dir, test_mocap_dir, log):
     import keras
     import tensorflow as tf
     from posekit.data import video
