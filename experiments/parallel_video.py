@@ -208,6 +208,7 @@ def prepare_data(config: Config, seed: int, mocap_dir: Optional[str], test_mocap
 def mean_train_heatmap_logits(train_clips, config: Config, stride: int):
     """Logits (h, w, K) of the mean training heatmap (accumulated in chunks): the constant baseline."""
     from posekit.data import video
+    from posekit.eval import video as eval_video
     from posekit.train import video as train_video
     fn = video.make_example_fn(train_clips, stride, config.heatmap_sigma)
     n = len(train_clips['frames'])
@@ -216,7 +217,7 @@ def mean_train_heatmap_logits(train_clips, config: Config, stride: int):
         maps = fn(np.arange(i, min(n, i + config.eval_batch)))['heatmaps'].numpy()
         total = total + maps.reshape((-1,) + maps.shape[-3:]).sum(0, dtype=np.float64)
         count += int(np.prod(maps.shape[:-3]))
-    return train_video.mean_heatmap_logits((total / count)[None])
+    return eval_video.mean_heatmap_logits((total / count)[None])
 
 
 def eval_batches(test_clips, config: Config, stride: int):
@@ -235,6 +236,7 @@ def train_network(network, config: Config, spec: RunSpec, train_clips, seed: int
     import keras
     from posekit.data import video
     from posekit.train import loop
+    from posekit.eval import video as eval_video
     from posekit.train import video as train_video
     latency = network.latency
     loss_fn = train_video.make_bptt_loss(latency, teacher=teacher if spec.distilled else None,
@@ -431,6 +433,7 @@ def _run_experiment(config: Config, out: str, seed: int, preset: str, mocap_dir,
     import tensorflow as tf
     from posekit.data import video
     from posekit.train import precision as precision_lib
+    from posekit.eval import video as eval_video
     from posekit.train import video as train_video
     from posekit.train.loop import count_params
 
@@ -485,7 +488,7 @@ def _run_experiment(config: Config, out: str, seed: int, preset: str, mocap_dir,
                 train_loss, steps_per_s = train_network(network, config, spec, train_clips, seed,
                                                         config.finetune_steps, teacher=teacher,
                                                         distill_units=distill_units)
-            metrics = train_video.evaluate_stream(network, eval_batches(test_clips, config, stride), network.latency,
+            metrics = eval_video.evaluate_stream(network, eval_batches(test_clips, config, stride), network.latency,
                                                   eval_warmup, stride=stride,
                                                   teacher=teacher, distill_units=distill_units)
             distance = metrics['distance_to_teacher']
@@ -509,7 +512,7 @@ def _run_experiment(config: Config, out: str, seed: int, preset: str, mocap_dir,
                 f'dist {distance:.3f} ({time.perf_counter() - run_start:.0f} s)')
         # Constant mean-heatmap baseline at this family's stride.
         constant = mean_train_heatmap_logits(train_clips, config, stride)
-        base = train_video.evaluate_stream(None, eval_batches(test_clips, config, stride), 0, eval_warmup,
+        base = eval_video.evaluate_stream(None, eval_batches(test_clips, config, stride), 0, eval_warmup,
                                            stride=stride, constant_logits=constant)
         records.append(dict(kind='baseline', model=f'{family}_mean_heatmap', model_family=family, stride=stride,
                             test_loss=base['test_loss'], pck=base['pck']))

@@ -220,16 +220,12 @@ def split_by_subject(clips: Sequence[Clip], test_subjects: Optional[Sequence[str
     return train, test
 
 
-def default_mocap_dir() -> Optional[str]:
-    """``../shared/data/cmu_mocap`` beside the repository or the working directory, if present."""
-    candidates = [
-        pathlib.Path(__file__).resolve().parents[2].parent / 'shared' / 'data' / 'cmu_mocap',
-        pathlib.Path.cwd().parent / 'shared' / 'data' / 'cmu_mocap',
-    ]
-    for c in candidates:
-        if c.is_dir():
-            return str(c)
-    return None
+def default_mocap_dir(repository=None) -> Optional[str]:
+    """``shared/data/cmu_mocap`` beside the repository (the folder holding the ``posekit`` package, or
+    ``repository``), if present; never resolved from the working directory. None otherwise."""
+    root = pathlib.Path(repository) if repository is not None else pathlib.Path(__file__).resolve().parents[2]
+    candidate = root.parent / 'shared' / 'data' / 'cmu_mocap'
+    return str(candidate) if candidate.is_dir() else None
 
 
 # --------------------------------------------------------------------------------------------

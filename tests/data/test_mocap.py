@@ -76,3 +76,16 @@ def test_folder_errors(tmp_path):
         mocap.load_mocap_folder(tmp_path / 'nope')
     with pytest.raises(FileNotFoundError, match='no .bvh files'):
         mocap.load_mocap_folder(tmp_path)
+
+
+def test_default_mocap_dir_is_found_beside_the_repository_not_the_working_directory(tmp_path, monkeypatch):
+    import pathlib
+    from posekit.data import mocap as mocap_module
+    (tmp_path / 'shared' / 'data' / 'cmu_mocap').mkdir(parents=True)
+    (tmp_path / 'repo').mkdir()
+    assert mocap_module.default_mocap_dir(tmp_path / 'repo') == str(tmp_path / 'shared' / 'data' / 'cmu_mocap')
+    assert mocap_module.default_mocap_dir(tmp_path / 'elsewhere' / 'repo') is None
+    monkeypatch.chdir(tmp_path / 'repo')  # a working directory with ../shared beside it changes nothing
+    repo = pathlib.Path(mocap_module.__file__).resolve().parents[2]
+    expected = repo.parent / 'shared' / 'data' / 'cmu_mocap'
+    assert mocap_module.default_mocap_dir() == (str(expected) if expected.is_dir() else None)

@@ -308,3 +308,10 @@ def test_bad_arguments_raise():
         AffineCombiningAutoencoder(8, H36M, chiral=False, n_centre_latents=2)
     with pytest.raises(ValueError, match='input has 16 joints but the layer was made for 17'):
         AffineCombiningAutoencoder(8, H36M)(np.zeros((1, 16, 3), np.float32))
+
+
+def test_layer_contract(rng):
+    from tests.layer_testing import run_layer_test
+    x = _poses(rng, H36M.n_joints)
+    run_layer_test(lambda: AffineCombiningAutoencoder(8, H36M, seed=8), x, x.shape, mixed_output_dtype='float32',
+                   target_scale=300.0, learning_rate=1e-4)

@@ -143,3 +143,9 @@ def test_batch_errors(rng):
 def test_argument_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GhostBatchNormalization(**kwargs)
+
+
+def test_layer_contract(rng):
+    from tests.layer_testing import run_layer_test
+    x = rng.normal(1.0, 2.0, size=(8, 6)).astype(np.float32)
+    run_layer_test(lambda: GhostBatchNormalization(virtual_batch_size=4), x, (8, 6))

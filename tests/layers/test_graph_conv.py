@@ -262,3 +262,11 @@ def test_glorot_scale_is_per_transform_like_dense(sharing, decouple):
     assert np.abs(kernel).max() <= limit
     np.testing.assert_allclose(kernel.std(), limit / np.sqrt(3.0), rtol=0.03)
     assert not np.allclose(kernel[0], kernel[1])  # independent draws per transform
+
+
+@pytest.mark.parametrize('sharing,decouple', VARIANTS)
+def test_layer_contract(sharing, decouple, rng):
+    from tests.layer_testing import run_layer_test
+    adjacency = skeletons.get('h36m_16').adjacency()
+    x = rng.normal(size=(3, 16, D_IN)).astype(np.float32)
+    run_layer_test(lambda: GraphConv(UNITS, adjacency, sharing=sharing, decouple=decouple), x, (3, 16, UNITS))

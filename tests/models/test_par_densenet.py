@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from posekit.layers.pipeline import ExecutionCounter, latency_heatmap_loss
+from posekit.layers.pipeline import ExecutionCounter
+from posekit.train.losses_video import latency_heatmap_loss
 from posekit.models.par_densenet import PAPER_PARAMS, ParDenseNet
 
 TINY = dict(width=0.125)  # growth 8

@@ -4,9 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from posekit.layers import pipeline
 from posekit.models.par_densenet import ParDenseNet
-from posekit.train import loop
+from posekit.train import losses_video, loop
 from posekit.train import video as tv
 
 SIZE = 32  # px
@@ -46,7 +45,7 @@ def test_bptt_loss_is_the_latency_aligned_weighted_cross_entropy_and_reaches_the
     with tf.GradientTape() as tape:
         loss, metrics = loss_fn(network, {'frames': frames, 'heatmaps': targets}, tf.constant(0, tf.int64), True)
     logits = network.unroll(frames, training=True)['heatmaps']
-    expected = pipeline.latency_heatmap_loss(logits, targets, 3)
+    expected = losses_video.latency_heatmap_loss(logits, targets, 3)
     np.testing.assert_allclose(float(loss), float(expected), rtol=1e-5)
     np.testing.assert_allclose(float(metrics['task_loss']), float(expected), rtol=1e-5)
     stem_kernel = network.pipeline_units[0].conv.kernel
@@ -56,7 +55,7 @@ def test_bptt_loss_is_the_latency_aligned_weighted_cross_entropy_and_reaches_the
     later = tv.make_bptt_loss(3, first_supervised_step=4)(network, {'frames': frames, 'heatmaps': targets}, 0,
                                                           True)[0]
     logits = network.unroll(frames, training=True)['heatmaps']
-    np.testing.assert_allclose(float(later), float(pipeline.heatmap_loss(logits[:, 4:], targets[:, 1:2])), rtol=1e-5)
+    np.testing.assert_allclose(float(later), float(losses_video.heatmap_loss(logits[:, 4:], targets[:, 1:2])), rtol=1e-5)
 
 
 def test_distillation_schedule_follows_clocks_and_delays():
@@ -111,43 +110,6 @@ def test_init_from_teacher_checks_shapes():
         tv.init_from_teacher(temporal, teacher)
     copied = tv.init_from_teacher(temporal, teacher, partial=True)
     assert 0 < copied < len(temporal.weights)
-
-
-def test_heatmap_argmax_pck_and_mean_baseline():
-    stride = 4
-    coords = np.array([[[5.5, 9.5], [21.5, 1.5]]], np.float32)  # cell centres: (1, 2) and (5, 0)
-    heat = pipeline_heatmaps(coords, stride)
-    np.testing.assert_allclose(tv.heatmap_argmax(np.log(heat + 1e-6), stride), coords, atol=1e-5)
-    off = coords + np.array([1.0, 0.0], np.float32)  # a quarter cell to the right
-    np.testing.assert_allclose(tv.heatmap_argmax(np.log(pipeline_heatmaps(off, stride) + 1e-6), stride)[..., 0],
-                               off[..., 0], atol=1e-5)
-    assert tv.pck(coords + [[[3.0, 0.0], [0.0, 5.0]]], coords, np.array([[True, True]]), 4.0) == 0.5
-    maps = np.stack([pipeline_heatmaps(coords, stride)[0], np.zeros_like(heat[0])])
-    logits = tv.mean_heatmap_logits(maps)
-    np.testing.assert_allclose(1 / (1 + np.exp(-logits)), np.clip(maps.mean(0), 1e-4, 1 - 1e-4), rtol=1e-4)
-
-
-def pipeline_heatmaps(coords, stride):
-    from posekit.data.synth import keypoint_heatmaps
-    return keypoint_heatmaps(coords, np.ones(coords.shape[:-1], bool), 8 * stride, 8 * stride, stride=stride,
-                             sigma=1.5)
-
-
-def test_evaluate_stream_scores_aligned_steps():
-    network = tiny(num_subnets=2)
-    frames = clip(batch=1, steps=5).numpy()
-    coords = np.full((1, 5, 17, 2), 15.5, np.float32)
-    valid = np.ones((1, 5, 17), bool)
-    from posekit.data.synth import keypoint_heatmaps
-    heat = keypoint_heatmaps(coords, valid, SIZE, SIZE, stride=4, sigma=2.0)
-    batch = {'frames': frames, 'heatmaps': heat, 'coords2d': coords, 'joint_valid': valid}
-    result = tv.evaluate_stream(network, [batch], network.latency, 3, stride=4)
-    logits = network.unroll(tf.constant(frames))['heatmaps']
-    expected = pipeline.heatmap_loss(logits[:, 3:], heat[:, 2:4])
-    np.testing.assert_allclose(result['test_loss'], float(expected), rtol=1e-5)
-    assert result['scored_steps'] == 2
-    constant = tv.evaluate_stream(None, [batch], 0, 3, stride=4, constant_logits=np.log(heat[0, 0] + 1e-6))
-    assert constant['pck'] == 1.0  # the constant map peaks at the (static) keypoints
 
 
 def test_invalid_arguments():
