@@ -267,7 +267,7 @@ def machine_context() -> Dict[str, Any]:
     return context
 
 
-def fmt(value, spec: str = '.1f', missing: str = '') -> str:
+def format_number(value, spec: str = '.1f', missing: str = '') -> str:
     """A number for a report: ``format(value, spec)``; None or NaN -> ``missing``; non-numbers as str."""
     if value is None:
         return missing
@@ -278,7 +278,7 @@ def fmt(value, spec: str = '.1f', missing: str = '') -> str:
     try:
         import numpy as np
         if isinstance(value, np.generic):
-            return fmt(value.item(), spec, missing)
+            return format_number(value.item(), spec, missing)
     except ImportError:  # pragma: no cover
         pass
     return str(value)

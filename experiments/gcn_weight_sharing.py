@@ -18,7 +18,7 @@ Data: ``--dataset cmu`` makes lifting sets from motion capture (:mod:`posekit.da
 subject-wise train/val split of ``--mocap-dir``; test = all of ``--test-mocap-dir``; procedural
 motion when there is no motion folder); ``--dataset h36m`` reads Human3.6M in the common npz layout
 from ``--data-dir`` (:mod:`posekit.data.h36m`, S1 S5 S6 S7 S8 / S9 S11). Training goes through the
-shared loop (:func:`posekit.train.loop.train`): Adam, lr 1e-3 with exponential decay, MSE on
+shared loop (:func:`posekit.train.loop.train`): Adam, learning rate 1e-3 with exponential decay, MSE on
 root-relative 3D in metres (the model predicts metres; metrics are in mm), optional gradient-norm
 clipping as SemGCN. Validation curves come from the val split (training subjects held out); the
 final model of each run is evaluated on val and, once at the end, on the external test set, which
@@ -77,8 +77,8 @@ class Config:
       budgets: parameter budgets of Table 4.
       n_blocks, normalization, non_local, dropout: lifter architecture (all variants).
       steps, batch_size: training length.
-      lr, lr_decay_rate, lr_decay_steps, lr_staircase: Adam learning rate ``lr * rate^(s / steps)``
-        (``lr_decay_steps`` 0 = the run's length).
+      learning_rate, learning_rate_decay, learning_rate_decay_steps, learning_rate_staircase: Adam learning rate ``lr * rate^(s / steps)``
+        (``learning_rate_decay_steps`` 0 = the run's length).
       weight_decay: > 0 uses AdamW.
       loss: 'mse' (the paper's, on metres) or 'mpjpe'.
       clip_norm: global gradient-norm clipping (SemGCN: 1), or None.
@@ -107,10 +107,10 @@ class Config:
     dropout: float = 0.0
     steps: int = 600
     batch_size: int = 256
-    lr: float = 1e-3
-    lr_decay_rate: float = 0.1
-    lr_decay_steps: int = 0
-    lr_staircase: bool = False
+    learning_rate: float = 1e-3
+    learning_rate_decay: float = 0.1
+    learning_rate_decay_steps: int = 0
+    learning_rate_staircase: bool = False
     weight_decay: float = 0.0
     loss: str = 'mse'
     clip_norm: Optional[float] = None
@@ -150,15 +150,15 @@ class Config:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f'{name} must be an int >= 1, received {value!r}')
-        if not self.lr > 0 or not 0 < self.lr_decay_rate <= 1:
-            raise ValueError(f'lr must be > 0 and lr_decay_rate in (0, 1], received '
-                             f'lr={self.lr!r}, lr_decay_rate={self.lr_decay_rate!r}')
+        if not self.learning_rate > 0 or not 0 < self.learning_rate_decay <= 1:
+            raise ValueError(f'learning_rate must be > 0 and learning_rate_decay in (0, 1], received '
+                             f'learning_rate={self.learning_rate!r}, learning_rate_decay={self.learning_rate_decay!r}')
 
 
 PRESETS = {
     # < 60 s end to end on procedural motion: every Table 2/3 run, tiny networks, a higher rate.
     # (jit_compile off: XLA compiles would cost more than the 150 steps).
-    'smoke': Config(channels=32, n_blocks=1, steps=150, batch_size=128, lr=3e-3, eval_every=75,
+    'smoke': Config(channels=32, n_blocks=1, steps=150, batch_size=128, learning_rate=3e-3, eval_every=75,
                     val_curve_examples=1024, log_every=25, jit_compile=False, fps=10.0,
                     procedural_subjects=5, procedural_clips=2, procedural_seconds=4.0),
     # The 8 Table 3 variants and the Table 2 pairs (11 runs) in <= 15 min on 2 cores.
@@ -167,8 +167,8 @@ PRESETS = {
                     h36m_frame_step=5, h36m_test_frame_step=5),
     # The paper's controlled settings (SemGCN's recipe: Adam 1e-3, x0.96 every 100k steps, batch
     # 64, gradient norm clipped to 1) with all three tables; for a GPU or a long CPU run.
-    'paper': Config(tables=('2', '3', '4'), steps=200_000, batch_size=64, lr_decay_rate=0.96,
-                    lr_decay_steps=100_000, lr_staircase=True, clip_norm=1.0, eval_every=5000,
+    'paper': Config(tables=('2', '3', '4'), steps=200_000, batch_size=64, learning_rate_decay=0.96,
+                    learning_rate_decay_steps=100_000, learning_rate_staircase=True, clip_norm=1.0, eval_every=5000,
                     log_every=500, checkpoint=True, precision='auto', fps=25.0),
 }
 
@@ -323,8 +323,8 @@ def train_run(run: Run, sets, config: Config, seed: int, run_dir: Optional[str],
     with policy_scope(config.precision):
         model = build_gcn_lifter(adjacency, name=f'gcn_{run.key}', **arch)
         schedule = keras.optimizers.schedules.ExponentialDecay(
-            config.lr, config.lr_decay_steps or config.steps, config.lr_decay_rate,
-            staircase=config.lr_staircase)
+            config.learning_rate, config.learning_rate_decay_steps or config.steps, config.learning_rate_decay,
+            staircase=config.learning_rate_staircase)
         if config.weight_decay > 0:
             optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
         else:
@@ -385,12 +385,12 @@ def _stats(values: Sequence[float]) -> Tuple[float, float, int]:
     return float(np.mean(values)), float(np.std(values)), len(values)
 
 
-def _fmt(values: Sequence[float]) -> str:
+def _mean_spread(values: Sequence[float]) -> str:
     """Mean (± std over seeds) of the finite values, or '' when there are none."""
     mean, std, n = _stats(values)
     if n == 0:
         return ''
-    return common.fmt(mean) if n == 1 else f'{common.fmt(mean)} ± {common.fmt(std)}'
+    return common.format_number(mean) if n == 1 else f'{common.format_number(mean)} ± {common.format_number(std)}'
 
 
 def _grouped(records, table):
@@ -413,8 +413,8 @@ def findings(records) -> List[common.Check]:
                 a, _, _ = _stats([r['mpjpe'] for r in by_variant[plain]])
                 b, _, _ = _stats([r['mpjpe'] for r in by_variant[decoupled]])
                 out.append(common.Check(f'decoupling lowers MPJPE for {plain} ({TABLE_NAMES[table]})', b < a,
-                                        f'{_fmt([r["mpjpe"] for r in by_variant[decoupled]])} vs '
-                                        f'{_fmt([r["mpjpe"] for r in by_variant[plain]])} mm'))
+                                        f'{_mean_spread([r["mpjpe"] for r in by_variant[decoupled]])} vs '
+                                        f'{_mean_spread([r["mpjpe"] for r in by_variant[plain]])} mm'))
     groups = {v: g for (v, _), g in _grouped(records, '3').items()}
     if 'pre_agg_dec' in groups and 'full' in groups:
         a, sa, _ = _stats([r['mpjpe'] for r in groups['full']])
@@ -423,8 +423,8 @@ def findings(records) -> List[common.Check]:
         clear = b < a - max(sa + sb, 0.05 * a)
         out.append(common.Check('decoupled pre_agg beats vanilla (full, not decoupled) GCN clearly '
                                 '(paper: 37.8 vs 53.5 mm)', clear,
-                                f'{_fmt([r["mpjpe"] for r in groups["pre_agg_dec"]])} vs '
-                                f'{_fmt([r["mpjpe"] for r in groups["full"]])} mm'))
+                                f'{_mean_spread([r["mpjpe"] for r in groups["pre_agg_dec"]])} vs '
+                                f'{_mean_spread([r["mpjpe"] for r in groups["full"]])} mm'))
     return out
 
 
@@ -440,8 +440,8 @@ def markdown_report(records, context: Dict[str, object]) -> str:
               'not zero).', '']
     baseline = [r for r in records if r['table'] == 'baseline']
     if baseline:
-        val = _fmt([r.get('val_mpjpe') for r in baseline])
-        lines += [f'Mean-pose baseline: MPJPE {_fmt([r["mpjpe"] for r in baseline])} mm'
+        val = _mean_spread([r.get('val_mpjpe') for r in baseline])
+        lines += [f'Mean-pose baseline: MPJPE {_mean_spread([r["mpjpe"] for r in baseline])} mm'
                   + (f' (val {val} mm).' if val else '.'), '']
 
     def table_rows(table, paper=None):
@@ -451,9 +451,9 @@ def markdown_report(records, context: Dict[str, object]) -> str:
                 'variant': variant, 'sharing': group[0]['sharing'],
                 'decouple': 'yes' if group[0]['decouple'] else 'no',
                 'channels': channels, 'params': f'{group[0]["params"] / 1e6:.3f}M',
-                'mpjpe': _fmt([r['mpjpe'] for r in group]),
-                'pa_mpjpe': _fmt([r['pa_mpjpe'] for r in group]),
-                'val_mpjpe': _fmt([r['val_mpjpe'] for r in group]),
+                'mpjpe': _mean_spread([r['mpjpe'] for r in group]),
+                'pa_mpjpe': _mean_spread([r['pa_mpjpe'] for r in group]),
+                'val_mpjpe': _mean_spread([r['val_mpjpe'] for r in group]),
                 'paper': '' if paper is None or variant not in paper else f'{paper[variant]:.1f}',
                 'steps_per_s': f'{np.mean([r["steps_per_s"] for r in group]):.1f}'})
         return rows

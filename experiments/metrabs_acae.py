@@ -101,14 +101,14 @@ class Config:
         resolved by the precision module's rules (:func:`resolve_precision`).
       jit_compile: XLA-compile the training step.
     Stage 1:
-      stage1_steps, base_lr, weight_decay (AdamW, decoupled), abs_loss_start_step (the absolute
+      stage1_steps, base_learning_rate, weight_decay (AdamW, decoupled), abs_loss_start_step (the absolute
       loss is on for steps > this).
     Pseudo ground truth and ACAE:
       pseudo_gt_per_dataset: unlabeled training images per dataset predicted by the stage-1 model;
       acae_latents, acae_steps, acae_l1, acae_projected: ``fit_acae`` settings.
     Stage 2:
       variants: default ``--variant`` list (the first is exported).
-      stage2_steps, stage2_base_lr: fine-tuning length and the base of ``finetune_lr`` (head: warm
+      stage2_steps, stage2_base_learning_rate: fine-tuning length and the base of ``finetune_lr`` (head: warm
         restart at this rate, backbone: this / 30).
       stage2_abs_loss_start_step: as abs_loss_start_step, counted in stage-2 steps (-1: on).
       consistency_weight: weight of the consistency loss (metres, 3D + 0.2 x 2D).
@@ -141,7 +141,7 @@ class Config:
     precision: str = 'auto'
     jit_compile: bool = False
     stage1_steps: int = 3000
-    base_lr: float = 1e-2
+    base_learning_rate: float = 1e-2
     weight_decay: float = 1e-4
     abs_loss_start_step: int = 200
     pseudo_gt_per_dataset: int = 1000
@@ -151,7 +151,7 @@ class Config:
     acae_projected: bool = False
     variants: Tuple[str, ...] = ('consistency', 'separate')
     stage2_steps: int = 400
-    stage2_base_lr: float = 3e-3
+    stage2_base_learning_rate: float = 3e-3
     stage2_abs_loss_start_step: int = -1
     consistency_weight: float = 1.0
     hybrid_teacher_weight: float = 1.0
@@ -173,7 +173,7 @@ class Config:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f'{name} must be an int >= 0, received {name}={value!r}')
-        for name in ('base_lr', 'stage2_base_lr', 'max_norm'):
+        for name in ('base_learning_rate', 'stage2_base_learning_rate', 'max_norm'):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value > 0:
                 raise ValueError(f'{name} must be a positive number, received {name}={value!r}')
@@ -215,8 +215,8 @@ PRESETS: Dict[str, Config] = {
     # EfficientNetV2-S at 256 px, the published learning rate); for GPU users.
     'paper': Config(n_train=50000, n_val=2000, n_test=5000, crop_size=256, batch_3d=96, batch_2d=32,
                     data_workers=8, backbone='efficientnetv2-s', ghost_batch_size=16, precision='auto',
-                    stage1_steps=400_000, base_lr=2.12e-4, weight_decay=3e-3, abs_loss_start_step=5000,
-                    pseudo_gt_per_dataset=20000, acae_steps=6000, stage2_steps=40_000, stage2_base_lr=2.12e-4,
+                    stage1_steps=400_000, base_learning_rate=2.12e-4, weight_decay=3e-3, abs_loss_start_step=5000,
+                    pseudo_gt_per_dataset=20000, acae_steps=6000, stage2_steps=40_000, stage2_base_learning_rate=2.12e-4,
                     stage2_abs_loss_start_step=-1, hybrid_start_step=5000, bn_inference_steps=1000,
                     eval_batch=128, log_every=500, checkpoint_every=5000),
 }
@@ -448,7 +448,7 @@ def resolve_precision(config: Config, space, streams, seed: int, log=None) -> st
     batch = next(iter(make_dataset_fn(config, streams, space, seed)(0)))
     choice = precision.choose_policy(
         lambda: build_model(config, space), make_loss_fn(config, space, seed, stage=1), batch,
-        make_optimizer=lambda: keras.optimizers.AdamW(config.base_lr, weight_decay=config.weight_decay),
+        make_optimizer=lambda: keras.optimizers.AdamW(config.base_learning_rate, weight_decay=config.weight_decay),
         jit_compile=config.jit_compile, seed=seed)
     if log is not None:
         log(f"precision 'auto' -> {choice.policy} (posekit.train.precision.choose_policy: float32 "
@@ -602,7 +602,7 @@ def run_stage1(config: Config, space, streams, out: str, seed: int, resume: bool
     keras.utils.set_random_seed(seed)
     with policy_scope(config.precision):
         model = build_model(config, space)
-        optimizer = _optimizer(schedules.MetrabsSchedule(config.stage1_steps, base=config.base_lr), config)
+        optimizer = _optimizer(schedules.MetrabsSchedule(config.stage1_steps, base=config.base_learning_rate), config)
     log(f'stage 1: {loop.count_params(model, trainable_only=True)} trainable parameters, '
         f'{config.stage1_steps} steps of batch {config.batch_size} {composition(config)}')
     result = loop.train(model, make_loss_fn(config, space, seed, stage=1),
@@ -635,9 +635,9 @@ def run_stage2(config: Config, variant: str, space, streams, stage1_model, acae,
         steps = config.stage2_steps
         head_ids = {id(v) for v in model.head.trainable_variables}
         optimizers = [
-            (_optimizer(schedules.FinetuneSchedule(steps, 'head', base=config.stage2_base_lr), config),
+            (_optimizer(schedules.FinetuneSchedule(steps, 'head', base=config.stage2_base_learning_rate), config),
              lambda v: id(v) in head_ids),
-            (_optimizer(schedules.FinetuneSchedule(steps, 'backbone', base=config.stage2_base_lr), config),
+            (_optimizer(schedules.FinetuneSchedule(steps, 'backbone', base=config.stage2_base_learning_rate), config),
              lambda v: id(v) not in head_ids)]
     log(f'stage 2 ({variant}): {steps} steps + {config.bn_inference_steps} with BatchNorm in inference mode')
     result = loop.train(model, make_loss_fn(config, space, seed, stage=2, variant=variant, acae=acae),
@@ -781,7 +781,7 @@ def _run_experiment(config: Config, out: str, seed: int, mocap_dir: Optional[str
         if splits:  # the synthetic datasets' evaluation sets (all formats of DEFAULT_FORMATS labelled)
             train_poses = [s.arrays(['coords3d', 'is_3d']) for s in synthetic.values()]
             baseline = baselines.mean_pose(np.concatenate([a['coords3d'][a['is_3d']] for a in train_poses]))
-            formats_3d = [spec.fmt for spec in dataset_specs(config) if spec.label_kind == '3d']
+            formats_3d = [spec.skeleton for spec in dataset_specs(config) if spec.label_kind == '3d']
             results, checks = evaluation.evaluate_all(predictions, eval_sources, baseline, space, acae, splits,
                                                       formats_3d, eval_formats=DEFAULT_FORMATS)
         else:

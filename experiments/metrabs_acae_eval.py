@@ -302,8 +302,8 @@ def _format_rows(results, split) -> List[Dict]:
     rows = []
     for name in results['models']:
         per_format = results['metrics'][split][name]['formats']
-        for fmt, m in per_format.items():
-            rows.append({'model': MODEL_LABELS.get(name, name), 'format': fmt, 'mpjpe': m['mpjpe'],
+        for skeleton, m in per_format.items():
+            rows.append({'model': MODEL_LABELS.get(name, name), 'format': skeleton, 'mpjpe': m['mpjpe'],
                          'pa_mpjpe': m['pa_mpjpe'], 'pck@100': 100 * m['pck@100'], 'cps@200': 100 * m['cps@200'],
                          'abs_mpjpe': m['abs_mpjpe']})
     return rows
@@ -337,7 +337,7 @@ def markdown_report(record) -> str:
         lines += [f'## {description}', '',
                   common.markdown_table(_summary_rows(results, split), SUMMARY_COLUMNS, SUMMARY_HEADERS),
                   f'ACAE residual of the ground truth itself (floor of the measure): '
-                  f'{common.fmt(results["ground_truth_acae_residual_mm"][split], missing="n/a (the evaluation sets do not label every format of the model)")} mm.', '']
+                  f'{common.format_number(results["ground_truth_acae_residual_mm"][split], missing="n/a (the evaluation sets do not label every format of the model)")} mm.', '']
     if not results['eval_sets']:
         lines += ['No synthetic evaluation set: the run trained on full-image datasets only. Evaluate the exported '
                   'model on their test splits with `python -m tools.evaluate`.', '']

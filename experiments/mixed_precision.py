@@ -864,12 +864,6 @@ def findings(records: Sequence[dict], mixed_policy: str) -> List[Tuple[str, bool
     return out
 
 
-def _fmt(value, spec='.1f'):
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return '-'
-    return format(value, spec)
-
-
 def markdown_report(records: Sequence[dict], context: dict) -> str:
     mixed_policy = context['mixed_policy']
     lines = ['# Mixed-precision study', '',
@@ -891,9 +885,9 @@ def markdown_report(records: Sequence[dict], context: dict) -> str:
         lines.append(
             f'| {r["model"]} | {r["params"] / 1e6:.2f}M | {r["forward_macs_per_step"] / 1e9:.2f} | '
             f'{r["gemm_dim_typical"]:.0f} | {r["batch_size"]} | {r["policy"]} | {r["step_ms_median"]:.1f} | '
-            f'{r["step_ms_spread"][0]:.0f}-{r["step_ms_spread"][1]:.0f} | {_fmt(r.get("speedup_vs_fp32"), ".2f")} | '
-            f'{r["final_loss"]:.4g} | {r["val_loss"]:.4g} | {_fmt(100 * r.get("loss_rel_diff", math.nan))} % | '
-            f'{_fmt(100 * r.get("val_loss_rel_diff", math.nan))} % | {_fmt(r["peak_mem_mb"], ".0f")} | '
+            f'{r["step_ms_spread"][0]:.0f}-{r["step_ms_spread"][1]:.0f} | {common.format_number(r.get("speedup_vs_fp32"), ".2f")} | '
+            f'{r["final_loss"]:.4g} | {r["val_loss"]:.4g} | {common.format_number(100 * r.get("loss_rel_diff", math.nan))} % | '
+            f'{common.format_number(100 * r.get("val_loss_rel_diff", math.nan))} % | {common.format_number(r["peak_mem_mb"], ".0f")} | '
             f'{r.get("auto_choice", "-")} |')
     lines += ['', '## Step breakdown (ms; Table 2 analogue)', '',
               'Separate tf.functions on one fixed batch: forward, +loss, +gradients, +optimizer (minimum time over '
@@ -922,8 +916,8 @@ def markdown_report(records: Sequence[dict], context: dict) -> str:
     for (label, speedup, loss), key in zip(PAPER_FINDINGS, ('motion_vae@1x', 'motion_vae@4x')):
         r = here.get(key)
         lines.append(f'| {label} | {speedup} | {loss} | '
-                     f'{_fmt(r and r.get("speedup_vs_fp32"), ".2f")}x ({key}) | '
-                     f'{_fmt(r and 100 * r.get("loss_rel_diff", math.nan))} % |')
+                     f'{common.format_number(r and r.get("speedup_vs_fp32"), ".2f")}x ({key}) | '
+                     f'{common.format_number(r and 100 * r.get("loss_rel_diff", math.nan))} % |')
     lines += ['', context['discussion'], '']
     return '\n'.join(lines)
 

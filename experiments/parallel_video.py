@@ -77,7 +77,7 @@ class Config:
     distill_units: int = 3  # m
     dataset: str = 'h36m_like'  # synth preset whose camera/appearance distributions are used
     frame_stride: int = 2  # motion frames between video frames
-    max_frames_per_clip: int = 0  # 0: whole motion clips
+    max_frames_per_clip: Optional[int] = None  # None: whole motion clips
     n_train_clips: int = 96
     n_test_clips: int = 16
     train_frames: int = 8  # supervised steps per training clip (clips are latency + train_frames long)
@@ -184,7 +184,7 @@ def prepare_data(config: Config, seed: int, mocap_dir: Optional[str], test_mocap
     """(train clips, test clips) of the given lengths, cached in data_dir (see posekit.data.video)."""
     from posekit.data import synth, video
     spec = dataclasses.replace(synth.PRESETS[config.dataset], crop_size=config.crop_size)
-    max_frames = config.max_frames_per_clip or None
+    max_frames = config.max_frames_per_clip
     cache = {}
 
     def motion(split):
@@ -317,8 +317,8 @@ def median_ratio(reference, values):
 
 
 # ------------------------------------------------------------------------------------------- reporting
-def _fmt(value, spec='.3f'):
-    return common.fmt(value, spec)
+def _num(value, spec='.3f'):
+    return common.format_number(value, spec)
 
 
 def markdown_report(records: List[dict], context: dict) -> str:
@@ -343,15 +343,15 @@ def markdown_report(records: List[dict], context: dict) -> str:
         cells = [r['model'], r['subnets'], 'yes' if r['clocks'] else '', 'yes' if r['temporal'] else '',
                  'yes' if r['feedback'] else '', 'yes' if r['distilled'] else '', f"{r['params']:,}", r['latency'],
                  r['sequential_depth_per_frame'], r['unit_executions_per_16_frames'],
-                 r['miniblock_executions_per_16_frames'], _fmt(paper_mb, 'd'),
-                 _fmt(r['flops_per_frame'] / FLOPS_PER_MFLOP, '.1f'), _fmt(r['flop_speedup_vs_sequential'], '.2f'),
-                 _fmt(r['frames_per_s'], '.1f'), _fmt(r['speedup_vs_sequential_no_clocks'], '.2f'),
-                 _fmt(paper_speed, '.1f'), _fmt(r['test_loss'], '.4f'), _fmt(r['pck'], '.3f'),
-                 _fmt(r.get('distance_to_teacher'), '.3f')]
+                 r['miniblock_executions_per_16_frames'], _num(paper_mb, 'd'),
+                 _num(r['flops_per_frame'] / FLOPS_PER_MFLOP, '.1f'), _num(r['flop_speedup_vs_sequential'], '.2f'),
+                 _num(r['frames_per_s'], '.1f'), _num(r['speedup_vs_sequential_no_clocks'], '.2f'),
+                 _num(paper_speed, '.1f'), _num(r['test_loss'], '.4f'), _num(r['pck'], '.3f'),
+                 _num(r.get('distance_to_teacher'), '.3f')]
         lines.append('| ' + ' | '.join(str(c) for c in cells) + ' |')
     for b in baselines:
         lines.append(f"| {b['model']} (constant mean heatmap, stride {b['stride']}) | | | | | | 0 | | | | | | | | | | | "
-                     f"{_fmt(b['test_loss'], '.4f')} | {_fmt(b['pck'], '.3f')} | |")
+                     f"{_num(b['test_loss'], '.4f')} | {_num(b['pck'], '.3f')} | |")
     lines += ['', 'Paper column: the miniblock counts (416 without, 86 with clocks) and the 2.6x clock speed-up '
               'Carreira et al. measured for Par-DenseNet on 48 CPU cores (against 4.8x from miniblock counts); the '
               'other entries of their Table 2 are not reproduced here (left blank rather than guessed).', '']

@@ -17,8 +17,8 @@ and the difference is scaled to metres by the pose's mean ground-truth depth. Wi
 pixel error is divided by the focal lengths before that scaling, which gives the same value; the
 principal point and the focal lengths cancel, so intrinsics may be omitted.
 
-Optimizer: Adam with a piecewise-constant learning rate, multiplied by ``lr_decay_factor`` at each
-of ``lr_decay_steps``. Batches are drawn with a stateless RNG seeded by ``seed`` and the step, and the
+Optimizer: Adam with a piecewise-constant learning rate, multiplied by ``learning_rate_decay_factor`` at each
+of ``learning_rate_decay_steps``. Batches are drawn with a stateless RNG seeded by ``seed`` and the step, and the
 weights are initialised from ``seed``, so the same seed gives the same weights (on the same machine
 and TensorFlow build). The steps run in chunks inside one compiled ``tf.function`` (XLA).
 """
@@ -41,8 +41,8 @@ MM_PER_M = 1000.0
 DEFAULT_STEPS = 6000
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_LEARNING_RATE = 3e-2
-DEFAULT_LR_DECAY_FRACTIONS = (0.6, 0.85)  # decay points as fractions of `steps` when not given
-DEFAULT_LR_DECAY_FACTOR = 0.1
+DEFAULT_LEARNING_RATE_DECAY_FRACTIONS = (0.6, 0.85)  # decay points as fractions of `steps` when not given
+DEFAULT_LEARNING_RATE_DECAY_FACTOR = 0.1
 DEFAULT_LOG_EVERY = 250  # steps per compiled chunk and per history entry
 # sqrt(|d|^2 + EPS) keeps the Euclidean error differentiable at 0; (1 micrometre)^2 in m^2.
 EUCLIDEAN_EPS_M2 = 1e-12
@@ -124,8 +124,8 @@ def _projected_error_m(gt_m, pred_m, focal, valid):
 def fit_acae(poses, joint_info, n_latents: int = 32, l1: float = DEFAULT_L1, chiral: bool = True,
              steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH_SIZE,
              learning_rate: float = DEFAULT_LEARNING_RATE,
-             lr_decay_steps: Optional[Sequence[int]] = None,
-             lr_decay_factor: float = DEFAULT_LR_DECAY_FACTOR, projected: bool = False,
+             learning_rate_decay_steps: Optional[Sequence[int]] = None,
+             learning_rate_decay_factor: float = DEFAULT_LEARNING_RATE_DECAY_FACTOR, projected: bool = False,
              intrinsics=None, seed: int = 0, valid=None, n_centre_latents: Optional[int] = None,
              log_every: int = DEFAULT_LOG_EVERY
              ) -> Tuple[AffineCombiningAutoencoder, Dict[str, np.ndarray]]:
@@ -142,9 +142,9 @@ def fit_acae(poses, joint_info, n_latents: int = 32, l1: float = DEFAULT_L1, chi
       steps: optimizer steps.
       batch_size: poses per step (drawn uniformly with replacement).
       learning_rate: initial Adam learning rate.
-      lr_decay_steps: steps at which the learning rate is multiplied by ``lr_decay_factor``; default
-        ``DEFAULT_LR_DECAY_FRACTIONS`` of ``steps``.
-      lr_decay_factor: factor of each decay.
+      learning_rate_decay_steps: steps at which the learning rate is multiplied by ``learning_rate_decay_factor``; default
+        ``DEFAULT_LEARNING_RATE_DECAY_FRACTIONS`` of ``steps``.
+      learning_rate_decay_factor: factor of each decay.
       projected: use the projected (image-plane) loss instead of the 3D loss.
       intrinsics: [3, 3] or [N, 3, 3] camera matrices (px) of the poses' cameras; projected only.
       seed: seed of the initialisation and the batch sampling.
@@ -170,13 +170,13 @@ def fit_acae(poses, joint_info, n_latents: int = 32, l1: float = DEFAULT_L1, chi
         raise ValueError(f'log_every must be a positive int; got {log_every!r}')
     if intrinsics is not None and not projected:
         raise ValueError('intrinsics are only used with projected=True; got projected=False')
-    if lr_decay_steps is None:
-        lr_decay_steps = [int(round(f * steps)) for f in DEFAULT_LR_DECAY_FRACTIONS]
-    lr_decay_steps = [int(s) for s in lr_decay_steps]
-    if any(b <= a for a, b in zip(lr_decay_steps, lr_decay_steps[1:])) or \
-            any(s < 0 for s in lr_decay_steps):
-        raise ValueError(f'lr_decay_steps must be increasing non-negative ints; got '
-                         f'{lr_decay_steps}')
+    if learning_rate_decay_steps is None:
+        learning_rate_decay_steps = [int(round(f * steps)) for f in DEFAULT_LEARNING_RATE_DECAY_FRACTIONS]
+    learning_rate_decay_steps = [int(s) for s in learning_rate_decay_steps]
+    if any(b <= a for a, b in zip(learning_rate_decay_steps, learning_rate_decay_steps[1:])) or \
+            any(s < 0 for s in learning_rate_decay_steps):
+        raise ValueError(f'learning_rate_decay_steps must be increasing non-negative ints; got '
+                         f'{learning_rate_decay_steps}')
 
     layer = AffineCombiningAutoencoder(
         n_latents, joint_info=joint_info, chiral=chiral, l1=l1,
@@ -194,8 +194,8 @@ def fit_acae(poses, joint_info, n_latents: int = 32, l1: float = DEFAULT_L1, chi
         focal_np = np.ones((n_poses, 2), np.float32)
     all_valid = bool(valid_np.all())
 
-    boundaries = lr_decay_steps
-    values = [learning_rate * lr_decay_factor ** i for i in range(len(boundaries) + 1)]
+    boundaries = learning_rate_decay_steps
+    values = [learning_rate * learning_rate_decay_factor ** i for i in range(len(boundaries) + 1)]
     schedule = (keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
                 if boundaries else learning_rate)
     optimizer = keras.optimizers.Adam(learning_rate=schedule)

@@ -326,11 +326,11 @@ def identify_bvh_skeleton(bvh_joint_names: Sequence[str]) -> Tuple[str, str, Lis
       KeyError: if no registered format matches, naming the formats tried.
     """
     lowered = [n.lower() for n in bvh_joint_names]
-    for fmt, convention, mapping in BVH_NAME_MAPS:
+    for skeleton, convention, mapping in BVH_NAME_MAPS:
         if all(n in mapping for n in lowered):
             mapped = [mapping[n] for n in lowered]
-            if mapped == list(get(fmt).names):
-                return fmt, convention, mapped
+            if mapped == list(get(skeleton).names):
+                return skeleton, convention, mapped
     raise KeyError(
         f'BVH skeleton with joints {list(bvh_joint_names)[:8]}... matches no registered format; '
         f'tried conventions {[c for _, c, _ in BVH_NAME_MAPS]}')
@@ -388,12 +388,12 @@ class JointSpace:
         f = self.format_of(index)
         return get(f).names[index - self.slices[f].start]
 
-    def format_mask(self, fmt: str) -> np.ndarray:
-        """[J_all] bool, True on the joints of ``fmt``."""
-        if fmt not in self.slices:
-            raise KeyError(f'format {fmt!r} not in joint space {list(self.formats)}')
+    def format_mask(self, skeleton: str) -> np.ndarray:
+        """[J_all] bool, True on the joints of ``skeleton``."""
+        if skeleton not in self.slices:
+            raise KeyError(f'format {skeleton!r} not in joint space {list(self.formats)}')
         mask = np.zeros(self.n_joints, bool)
-        mask[self.slices[fmt]] = True
+        mask[self.slices[skeleton]] = True
         return mask
 
     def name_groups(self) -> Dict[str, List[int]]:

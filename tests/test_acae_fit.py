@@ -164,8 +164,8 @@ def test_fit_argument_errors(data):
         fit_acae(train, TWO, projected=True)
     with pytest.raises(ValueError, match=r'intrinsics must have shape \[3, 3\]'):
         fit_acae(train + [0, 0, CAMERA_DISTANCE_MM], TWO, projected=True, intrinsics=np.eye(2))
-    with pytest.raises(ValueError, match='lr_decay_steps must be increasing'):
-        fit_acae(train, TWO, lr_decay_steps=[500, 100])
+    with pytest.raises(ValueError, match='learning_rate_decay_steps must be increasing'):
+        fit_acae(train, TWO, learning_rate_decay_steps=[500, 100])
     valid = np.ones(train.shape[:2], bool)
     valid[:, 3] = False
     with pytest.raises(ValueError, match=r"joints \['rank_a'\] are never valid"):

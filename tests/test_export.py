@@ -207,10 +207,10 @@ def test_serving_default_signature_is_estimate_poses_with_default_skeleton(loade
 def test_joint_names_and_edges_of_every_skeleton(loaded):
     assert [s.decode() for s in loaded.skeletons.numpy()] == list(SPACE.formats)
     assert loaded.default_skeleton.numpy() == b'h36m_17' and int(loaded.crop_size.numpy()) == CROP
-    for fmt in SPACE.formats:
-        info = skeletons.get(fmt)
-        assert [n.decode() for n in loaded.per_skeleton_joint_names[fmt].numpy()] == list(info.names)
-        assert loaded.per_skeleton_joint_edges[fmt].numpy().tolist() == [list(e) for e in info.edges]
+    for skeleton in SPACE.formats:
+        info = skeletons.get(skeleton)
+        assert [n.decode() for n in loaded.per_skeleton_joint_names[skeleton].numpy()] == list(info.names)
+        assert loaded.per_skeleton_joint_edges[skeleton].numpy().tolist() == [list(e) for e in info.edges]
 
 
 def test_detect_poses_uses_detector_boxes(loaded):
@@ -307,11 +307,11 @@ def test_loads_in_a_process_without_posekit_or_keras(saved_dirs, loaded, tmp_pat
     assert report['posekit_found'] is False and report['loaded_modules'] == []
     assert report['serving'] == [2, 17, 3]
     results = np.load(tmp_path / 'poses3d.npz')
-    for fmt in SPACE.formats:
-        n_joints = skeletons.get(fmt).n_joints
-        assert report[fmt] == [n_joints, [2, n_joints, 2]]
-        in_process = loaded.estimate_poses(image, BOXES, skeleton=fmt)['poses3d'].numpy()
-        np.testing.assert_allclose(results[fmt], in_process, rtol=0, atol=AGREEMENT_MM)
+    for skeleton in SPACE.formats:
+        n_joints = skeletons.get(skeleton).n_joints
+        assert report[skeleton] == [n_joints, [2, n_joints, 2]]
+        in_process = loaded.estimate_poses(image, BOXES, skeleton=skeleton)['poses3d'].numpy()
+        np.testing.assert_allclose(results[skeleton], in_process, rtol=0, atol=AGREEMENT_MM)
 
 
 # ---------------------------------------------------------------------------------------------- geometry

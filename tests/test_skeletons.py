@@ -105,12 +105,12 @@ def test_joint_space_concatenates_formats_and_keeps_mirror():
 
 
 def test_identify_bvh_names():
-    fmt, conv, names = skeletons.identify_bvh_skeleton(
+    skeleton, conv, names = skeletons.identify_bvh_skeleton(
         ['hip', 'lhipjoint', 'lfemur', 'ltibia', 'lfoot', 'ltoes', 'rhipjoint', 'rfemur', 'rtibia',
          'rfoot', 'rtoes', 'lowerback', 'upperback', 'thorax', 'lowerneck', 'upperneck', 'head',
          'lclavicle', 'lhumerus', 'lradius', 'lwrist', 'lhand', 'lfingers', 'lthumb', 'rclavicle',
          'rhumerus', 'rradius', 'rwrist', 'rhand', 'rfingers', 'rthumb'])
-    assert (fmt, conv) == ('cmu_31', 'cmu_amc2bvh')
+    assert (skeleton, conv) == ('cmu_31', 'cmu_amc2bvh')
     assert names == list(skeletons.get('cmu_31').names)
     with pytest.raises(KeyError, match='matches no registered format'):
         skeletons.identify_bvh_skeleton(['root', 'spine'])

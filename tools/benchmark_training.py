@@ -40,10 +40,10 @@ def synthetic_batch(config, space, seed: int = 0):
     from experiments import metrabs_acae
     from posekit.data import pipeline, synth
 
-    fmt_of = {spec.name: spec.fmt for spec in synth.PRESETS.values()}
+    skeleton_of = {spec.name: spec.skeleton for spec in synth.PRESETS.values()}
     parts = []
     for d, (name, count) in enumerate(metrabs_acae.composition(config).items()):
-        arrays = pipeline.synthetic_arrays(count, config.crop_size, space.format_mask(fmt_of[name]), seed=seed + d,
+        arrays = pipeline.synthetic_arrays(count, config.crop_size, space.format_mask(skeleton_of[name]), seed=seed + d,
                                            is_3d=name not in pipeline.DATASETS_2D)
         arrays['dataset'] = np.full(count, d, np.int32)
         parts.append(arrays)
@@ -64,7 +64,7 @@ class PolicyBench:
         keras.utils.set_random_seed(seed)
         with precision.policy_scope(self.policy):
             self.model = metrabs_acae.build_model(config, space)
-            self.optimizer = keras.optimizers.AdamW(schedules.MetrabsSchedule(config.stage1_steps, base=config.base_lr),
+            self.optimizer = keras.optimizers.AdamW(schedules.MetrabsSchedule(config.stage1_steps, base=config.base_learning_rate),
                                                     weight_decay=config.weight_decay)
             self.optimizer.build(self.model.trainable_variables)
         loss_fn = metrabs_acae.make_loss_fn(config, space, seed, stage=1)

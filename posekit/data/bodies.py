@@ -335,14 +335,14 @@ def _mirror_name(name: str) -> str:
     return ('r' + name[1:]) if name.startswith('l') else name
 
 
-def _is_sided_joint(fmt: str, name: str) -> bool:
-    ji = skeletons.get(fmt)
+def _is_sided_joint(skeleton: str, name: str) -> bool:
+    ji = skeletons.get(skeleton)
     return ji.mirror[ji.index(name)] != ji.index(name)
 
 
-def _expand_format(fmt: str) -> Dict[str, Tuple[str, Vec]]:
+def _expand_format(skeleton: str) -> Dict[str, Tuple[str, Vec]]:
     """Format joint name -> (landmark name with side, offset), both sides."""
-    base = 'h36m_17' if fmt == 'h36m_16' else fmt
+    base = 'h36m_17' if skeleton == 'h36m_16' else skeleton
     result = {}
     for name, landmark, offset in FORMAT_DEFINITIONS[base]:
         if _is_sided_joint(base, name):
@@ -361,12 +361,12 @@ def _expand_format(fmt: str) -> Dict[str, Tuple[str, Vec]]:
 def definitions_table() -> str:
     """The format-definition table of the module docstring (kept in sync by a test)."""
     lines = ['format           joint  landmark    offset (x, y, z) mm']
-    for fmt in ('h36m_17', 'smpl_24', 'coco_19', 'mpi_inf_3dhp_17', 'cmu_31'):
-        label = 'cmu_31 (Daz)' if fmt == 'cmu_31' else fmt
-        for name, landmark, offset in FORMAT_DEFINITIONS[fmt]:
+    for skeleton in ('h36m_17', 'smpl_24', 'coco_19', 'mpi_inf_3dhp_17', 'cmu_31'):
+        label = 'cmu_31 (Daz)' if skeleton == 'cmu_31' else skeleton
+        for name, landmark, offset in FORMAT_DEFINITIONS[skeleton]:
             off = '(' + ', '.join(str(int(v)) for v in offset) + ')'
             lines.append(f'{label:16s} {name:6s} {landmark:11s} {off}')
-        if fmt == 'h36m_17':
+        if skeleton == 'h36m_17':
             lines.append('h36m_16          (h36m_17 without nose, same definitions)')
     return '\n'.join(line.rstrip() for line in lines)
 
@@ -537,29 +537,29 @@ def landmarks(motion: bvh_lib.Motion, names: Optional[Sequence[str]] = None,
     return _apply(motion, *_compile(motion, items, body_shape(subject)))
 
 
-def _check_format(fmt: str) -> None:
-    if fmt not in SUPPORTED_FORMATS:
-        raise ValueError(f'fmt must be one of {SUPPORTED_FORMATS}, got {fmt!r}')
+def _check_format(skeleton: str) -> None:
+    if skeleton not in SUPPORTED_FORMATS:
+        raise ValueError(f'skeleton must be one of {SUPPORTED_FORMATS}, got {skeleton!r}')
 
 
-def format_joints(motion: bvh_lib.Motion, fmt: str, subject: Optional[str] = None) -> np.ndarray:
-    """The joints of skeleton format ``fmt`` in every frame of ``motion``.
+def format_joints(motion: bvh_lib.Motion, skeleton: str, subject: Optional[str] = None) -> np.ndarray:
+    """The joints of skeleton format ``skeleton`` in every frame of ``motion``.
 
     Args:
       motion: a Motion on the cmu_31 or cmu_daz_43 skeleton (with ``rotations``).
-      fmt: one of ``SUPPORTED_FORMATS``.
+      skeleton: one of ``SUPPORTED_FORMATS``.
       subject: optional subject id for the per-subject body shape.
 
     Returns:
-      [T, J_fmt, 3] float64, mm, world frame (y up), in the order of ``skeletons.get(fmt)``.
+      [T, J, 3] float64, mm, world frame (y up), in the order of ``skeletons.get(skeleton)``.
     """
-    _check_format(fmt)
+    _check_format(skeleton)
     convention = convention_of(motion)
-    ji = skeletons.get(fmt)
-    if fmt == 'cmu_31' and convention == 'cmu_31':
+    ji = skeletons.get(skeleton)
+    if skeleton == 'cmu_31' and convention == 'cmu_31':
         idx = joint_index(motion)
         return np.asarray(motion.positions, np.float64)[:, [idx[n] for n in ji.names]]
-    definition = _expand_format(fmt)
+    definition = _expand_format(skeleton)
     items = [definition[n] for n in ji.names]
     return _apply(motion, *_compile(motion, items, body_shape(subject)))
 
@@ -577,10 +577,10 @@ def all_format_joints(motion: bvh_lib.Motion, joint_space: Union[skeletons.Joint
 # Disagreement between formats and the affine-combination premise of the ACAE
 # ----------------------------------------------------------------------------------------------
 
-def shared_joint_names(fmt_a: str, fmt_b: str) -> List[str]:
-    """Joint names present in both formats (order of ``fmt_a``)."""
-    b = set(skeletons.get(fmt_b).names)
-    return [n for n in skeletons.get(fmt_a).names if n in b]
+def shared_joint_names(skeleton_a: str, skeleton_b: str) -> List[str]:
+    """Joint names present in both formats (order of ``skeleton_a``)."""
+    b = set(skeletons.get(skeleton_b).names)
+    return [n for n in skeletons.get(skeleton_a).names if n in b]
 
 
 def fit_affine_combination(source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -618,11 +618,11 @@ def apply_affine_combination(weights: np.ndarray, source: np.ndarray) -> np.ndar
     return np.einsum('ba,nac->nbc', weights, source)
 
 
-def disagreement(poses_a: np.ndarray, poses_b: np.ndarray, fmt_a: str, fmt_b: str) -> Dict[str, float]:
+def disagreement(poses_a: np.ndarray, poses_b: np.ndarray, skeleton_a: str, skeleton_b: str) -> Dict[str, float]:
     """Mean distance (mm) of each same-named joint of two formats over N poses."""
-    names = shared_joint_names(fmt_a, fmt_b)
-    ia = [skeletons.get(fmt_a).index(n) for n in names]
-    ib = [skeletons.get(fmt_b).index(n) for n in names]
+    names = shared_joint_names(skeleton_a, skeleton_b)
+    ia = [skeletons.get(skeleton_a).index(n) for n in names]
+    ib = [skeletons.get(skeleton_b).index(n) for n in names]
     dist = np.linalg.norm(poses_a[:, ia] - poses_b[:, ib], axis=-1).mean(axis=0)
     return dict(zip(names, dist.tolist()))
 
@@ -632,7 +632,7 @@ def disagreement_table(poses: Mapping[str, np.ndarray], formats: Sequence[str] =
     """Same-named-joint disagreement of every pair of formats, raw and after an affine map.
 
     Args:
-      poses: format -> [N, J_fmt, 3] poses of the same N bodies (mm, one shared frame), e.g.
+      poses: format -> [N, J, 3] poses of the same N bodies (mm, one shared frame), e.g.
         ``{f: format_joints(motion, f) for f in formats}`` stacked over clips.
       formats: the formats to compare (pairs with no shared joint names are skipped).
       holdout_fraction: the affine map is fitted on the first ``1 - holdout_fraction`` of the

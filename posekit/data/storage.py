@@ -18,7 +18,7 @@ format_tag             ``FORMAT_TAG`` (what makes a file a posekit shard)
 schema_version         ``SCHEMA_VERSION`` (int; layout of this module; readers refuse others)
 generator_version      :data:`posekit.data.synth.GENERATOR_VERSION` (rendering code version)
 name, split            dataset name and split ('train', 'val', 'test')
-skeleton_format        the format the dataset labels (``joint_valid``)
+skeleton               the format the dataset labels (``joint_valid``)
 joint_space            JSON list of the formats of ``coords3d``/``coords2d`` (J_all joints)
 joint_names            JSON list of the J_all joint-space names
 label_kind             '3d' or '2d'
@@ -98,7 +98,8 @@ import numpy as np
 
 from posekit.data import synth
 
-SCHEMA_VERSION = 2  # 2: integrity header (checksums of every byte), image_sha256, generation, typed attributes
+SCHEMA_VERSION = 3  # 2: integrity header (checksums of every byte), image_sha256, generation, typed attributes;
+# 3: the skeleton attribute (was skeleton_format)
 FORMAT_TAG = 'posekit-synth-shard'
 DEFAULT_SHARD_SIZE = 1000
 """Examples per shard (the unit of reuse and of parallel generation)."""
@@ -119,7 +120,7 @@ IMAGE_DIGESTS = 'image_sha256'
 """Dataset of per-example SHA-256 digests of the images (uint8 [N, 32])."""
 DIGEST_SIZE = 32
 REQUIRED_ATTRS = ('format_tag', 'schema_version', 'generator_version', 'name', 'split',
-                  'skeleton_format', 'joint_space', 'joint_names', 'label_kind', 'crop_size', 'seed',
+                  'skeleton', 'joint_space', 'joint_names', 'label_kind', 'crop_size', 'seed',
                   'motion_source', 'n_examples', 'split_examples', 'first_index', 'shard_index',
                   'n_shards', 'dataset_index', 'spec_json', 'params_hash', 'generation')
 HEADER_SIZE = 2048
@@ -207,7 +208,7 @@ def _check_attrs(path: str, attrs: Mapping) -> Dict:
     if missing:
         raise ShardError(path, f'missing metadata attributes {missing}')
     meta = dict(attrs)
-    for key in ('generator_version', 'name', 'skeleton_format', 'motion_source', 'params_hash', 'generation'):
+    for key in ('generator_version', 'name', 'skeleton', 'motion_source', 'params_hash', 'generation'):
         if not isinstance(meta[key], str):
             raise ShardError(path, f'must be a str, got {_describe(meta[key])}', f'attribute {key!r}')
     choices = {'split': synth.SPLITS, 'label_kind': ('3d', '2d')}
@@ -1154,7 +1155,7 @@ def ensure_datasets(out_dir: PathLike, specs: Sequence[synth.DatasetSpec], seed:
                     continue
                 metadata = dict(
                     generator_version=synth.GENERATOR_VERSION, name=spec.name, split=split,
-                    skeleton_format=spec.fmt, joint_space=list(spec.formats),
+                    skeleton=spec.skeleton, joint_space=list(spec.formats),
                     joint_names=list(spec.joint_space.names), label_kind=spec.label_kind,
                     crop_size=spec.crop_size, seed=int(seed), motion_source='', n_examples=count,
                     split_examples=spec.n_examples(split), first_index=first, shard_index=k,

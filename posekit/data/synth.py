@@ -190,7 +190,7 @@ class DatasetSpec:
 
     Attributes:
       name: dataset name (seeds its randomness; used by the pipeline's compositions).
-      fmt: the skeleton format it labels (``joint_valid``).
+      skeleton: the skeleton format it labels (``joint_valid``).
       label_kind: '3d' or '2d' (2D-only: ``is_3d`` False).
       camera, appearance: the distributions.
       n_train, n_val, n_test: examples per split.
@@ -199,7 +199,7 @@ class DatasetSpec:
     """
 
     name: str
-    fmt: str
+    skeleton: str
     label_kind: str = '3d'
     camera: CameraSpec = CameraSpec()
     appearance: AppearanceSpec = AppearanceSpec()
@@ -216,8 +216,8 @@ class DatasetSpec:
         for f in self.formats:
             if f not in bodies.SUPPORTED_FORMATS:
                 raise ValueError(f'formats must be among {bodies.SUPPORTED_FORMATS}, got {f!r}')
-        if self.fmt not in self.formats:
-            raise ValueError(f'fmt must be one of formats {self.formats}, got {self.fmt!r}')
+        if self.skeleton not in self.formats:
+            raise ValueError(f'skeleton must be one of formats {self.formats}, got {self.skeleton!r}')
         if self.label_kind not in LABEL_KINDS:
             raise ValueError(f'label_kind must be one of {LABEL_KINDS}, got {self.label_kind!r}')
         for split in SPLITS:
@@ -255,28 +255,28 @@ class DatasetSpec:
 
 PRESETS: Dict[str, DatasetSpec] = {
     'h36m_like': DatasetSpec(
-        name='h36m_like', fmt='h36m_17', label_kind='3d',
+        name='h36m_like', skeleton='h36m_17', label_kind='3d',
         camera=CameraSpec(rig=4, distance_m=(3.0, 5.0), height_m=(1.3, 1.8), fov_deg=(45.0, 50.0),
                           image_side_px=1000, roll_deg=2.0, box_margin=0.2, box_jitter=0.04),
         appearance=AppearanceSpec(background='studio', occluder_rate=0.05, max_occluders=1,
                                   clutter=(1, 2), outfit_per_subject=True, thickness=(0.9, 1.15),
                                   ambient=(0.45, 0.5), diffuse=(0.55, 0.6), noise_std=1.5)),
     'mpi_like': DatasetSpec(
-        name='mpi_like', fmt='mpi_inf_3dhp_17', label_kind='3d',
+        name='mpi_like', skeleton='mpi_inf_3dhp_17', label_kind='3d',
         camera=CameraSpec(rig=0, distance_m=(2.5, 6.0), height_m=(0.3, 2.8), fov_deg=(50.0, 75.0),
                           image_side_px=2048, roll_deg=5.0, box_margin=0.2, box_jitter=0.05),
         appearance=AppearanceSpec(background='greenscreen', occluder_rate=0.15, max_occluders=2,
                                   clutter=(0, 2), outfit_per_subject=True, thickness=(0.85, 1.2),
                                   ambient=(0.35, 0.55), diffuse=(0.45, 0.8), noise_std=2.0)),
     'smpl_like': DatasetSpec(
-        name='smpl_like', fmt='smpl_24', label_kind='3d',
+        name='smpl_like', skeleton='smpl_24', label_kind='3d',
         camera=CameraSpec(rig=0, distance_m=(2.0, 10.0), height_m=(0.3, 3.0), fov_deg=(30.0, 80.0),
                           image_side_px=640, roll_deg=10.0, box_margin=0.2, box_jitter=0.06),
         appearance=AppearanceSpec(background='composite', occluder_rate=0.1, max_occluders=1,
                                   clutter=(0, 0), outfit_per_subject=False, thickness=(0.75, 1.35),
                                   ambient=(0.25, 0.6), diffuse=(0.35, 0.9), noise_std=2.5)),
     'coco_like': DatasetSpec(
-        name='coco_like', fmt='coco_19', label_kind='2d',
+        name='coco_like', skeleton='coco_19', label_kind='2d',
         camera=CameraSpec(rig=0, distance_m=(2.0, 10.0), height_m=(0.3, 3.5), fov_deg=(40.0, 80.0),
                           image_side_px=640, roll_deg=15.0, box_margin=0.2, box_jitter=0.08),
         appearance=AppearanceSpec(background='wild', occluder_rate=0.45, max_occluders=3,
@@ -834,7 +834,7 @@ def render_example(spec: DatasetSpec, motion: PreparedMotion, split: str, index:
     space = spec.joint_space
     return dict(
         image=image, intrinsics=camera.intrinsic_matrix.astype(np.float32), coords3d=coords3d, coords2d=coords2d,
-        joint_valid=space.format_mask(spec.fmt), is_3d=np.bool_(spec.label_kind == '3d'),
+        joint_valid=space.format_mask(spec.skeleton), is_3d=np.bool_(spec.label_kind == '3d'),
         dataset=np.int32(dataset_index),
         example_id=np.int64(SPLIT_CODES[split] * EXAMPLE_ID_SPLIT_STRIDE + index),
         clip_index=np.int32(clip), frame_index=np.int32(frame))
@@ -863,7 +863,7 @@ def render_full_frame(spec: DatasetSpec, motion: PreparedMotion, split: str, ind
     distortion = np.zeros(5)
     if distortion_coeffs is not None:
         distortion[:len(distortion_coeffs)] = np.asarray(distortion_coeffs, np.float64)[:5]
-    sl = spec.joint_space.slices[spec.fmt]
+    sl = spec.joint_space.slices[spec.skeleton]
     joints = np.asarray(joints, np.float64)[sl]
     uv = camera.world_to_image(lm)
     low, high = uv.min(0), uv.max(0)
@@ -872,7 +872,7 @@ def render_full_frame(spec: DatasetSpec, motion: PreparedMotion, split: str, ind
         translation=-camera.rot_world_to_cam @ camera.optical_center, distortion=distortion,
         world_up=np.asarray(WORLD_UP, np.float64), box=np.concatenate([low, high - low]).astype(np.float32),
         joints3d=joints.astype(np.float32), joints2d=camera.world_to_image(joints).astype(np.float32),
-        joint_valid=np.ones(len(joints), bool), is_3d=np.bool_(spec.label_kind == '3d'), skeleton=spec.fmt,
+        joint_valid=np.ones(len(joints), bool), is_3d=np.bool_(spec.label_kind == '3d'), skeleton=spec.skeleton,
         dataset=spec.name, subject=str(motion.subjects[clip]), sequence=f'{spec.name}/{split}/{clip}',
         frame=np.int64(frame))
 
@@ -927,7 +927,7 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def render_video(spec: DatasetSpec, motion: PreparedMotion, clip: int, start: int = 0, n_frames: int = 16,
-                 seed: int = 0, stride: int = 1, fmt: str = VIDEO_FORMAT, video_index: int = 0,
+                 seed: int = 0, stride: int = 1, skeleton: str = VIDEO_FORMAT, video_index: int = 0,
                  orbit_deg_per_s: Tuple[float, float] = (-20.0, 20.0)) -> Dict[str, np.ndarray]:
     """Consecutive frames of one clip seen by a smoothly moving camera that follows the subject.
 
@@ -938,10 +938,10 @@ def render_video(spec: DatasetSpec, motion: PreparedMotion, clip: int, start: in
 
     Args:
       spec: dataset whose camera/appearance distributions are used.
-      motion: :class:`PreparedMotion` whose joint space contains ``fmt``.
+      motion: :class:`PreparedMotion` whose joint space contains ``skeleton``.
       clip: clip index; start: first frame; n_frames: T; stride: frame step.
       seed, video_index: randomness (pure function of (seed, spec.name, video_index)).
-      fmt: the keypoint format of the labels (K joints).
+      skeleton: the keypoint format of the labels (K joints).
 
     Returns:
       dict: ``frames`` uint8 [T, S, S, 3], ``intrinsics`` float32 [T, 3, 3] px, ``coords2d``
@@ -949,8 +949,8 @@ def render_video(spec: DatasetSpec, motion: PreparedMotion, clip: int, start: in
       ``joint_valid`` bool [T, K] (in view: in front of the camera and inside the crop),
       ``rot_world_to_cam`` float32 [T, 3, 3], ``optical_center`` float32 [T, 3] mm (world).
     """
-    if fmt not in motion.formats:
-        raise ValueError(f'fmt must be one of the prepared formats {motion.formats}, got {fmt!r}')
+    if skeleton not in motion.formats:
+        raise ValueError(f'skeleton must be one of the prepared formats {motion.formats}, got {skeleton!r}')
     if not 0 <= clip < len(motion.clips):
         raise ValueError(f'clip must be in [0, {len(motion.clips)}), got {clip!r}')
     n_clip = len(motion.landmarks[clip])
@@ -961,7 +961,7 @@ def render_video(spec: DatasetSpec, motion: PreparedMotion, clip: int, start: in
     frames_idx = start + stride * np.arange(n_frames)
     lms = motion.landmarks[clip][frames_idx].astype(np.float64)
     space = skeletons.JointSpace(motion.formats)
-    joints = motion.joints[clip][frames_idx][:, space.slices[fmt]]
+    joints = motion.joints[clip][frames_idx][:, space.slices[skeleton]]
     idx = render.LANDMARK_INDEX
     size = spec.crop_size
     fps = motion.clips[clip].motion.fps / stride

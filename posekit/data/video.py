@@ -49,7 +49,7 @@ def _clip_rng(seed, split, index):
 
 def generate_clips(spec: synth.DatasetSpec, motion: synth.PreparedMotion, n_clips: int, n_frames: int,
                    seed: int = 0, split: str = 'train', frame_stride: int = 1,
-                   fmt: str = synth.VIDEO_FORMAT) -> Dict[str, np.ndarray]:
+                   skeleton: str = synth.VIDEO_FORMAT) -> Dict[str, np.ndarray]:
     """Renders n_clips clips of n_frames frames (see the module docstring for the arrays).
 
     Clip i takes a motion clip and start frame drawn from a Generator seeded with (seed, split, i) among
@@ -61,7 +61,7 @@ def generate_clips(spec: synth.DatasetSpec, motion: synth.PreparedMotion, n_clip
       motion: the split's :class:`~posekit.data.synth.PreparedMotion`.
       n_clips: N >= 1; n_frames: T >= 1; frame_stride: motion frames between video frames (>= 1).
       seed: generation seed; split: 'train', 'val' or 'test'.
-      fmt: keypoint format (K keypoints; default h36m_17).
+      skeleton: keypoint format (K keypoints; default h36m_17).
     """
     for name, value in (('n_clips', n_clips), ('n_frames', n_frames), ('frame_stride', frame_stride)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -80,7 +80,7 @@ def generate_clips(spec: synth.DatasetSpec, motion: synth.PreparedMotion, n_clip
         clip = int(usable[rng.integers(len(usable))])
         start = int(rng.integers(lengths[clip] - span + 1))
         video = synth.render_video(spec, motion, clip=clip, start=start, n_frames=n_frames, seed=seed,
-                                   stride=frame_stride, fmt=fmt,
+                                   stride=frame_stride, skeleton=skeleton,
                                    video_index=_SPLIT_KEYS[split] * _VIDEO_INDEX_STRIDE + i)
         for key in ('frames', 'coords2d', 'coords3d', 'intrinsics', 'joint_valid'):
             out[key].append(video[key])
@@ -141,7 +141,7 @@ def read_clips(path):
 
 
 def ensure_clips(path, spec: synth.DatasetSpec, motion_fn, n_clips: int, n_frames: int, seed: int = 0,
-                 split: str = 'train', frame_stride: int = 1, fmt: str = synth.VIDEO_FORMAT,
+                 split: str = 'train', frame_stride: int = 1, skeleton: str = synth.VIDEO_FORMAT,
                  motion_key: Optional[str] = None) -> Dict[str, np.ndarray]:
     """The clip set of these parameters, read from ``path`` if it holds it, else generated and written.
 
@@ -152,7 +152,7 @@ def ensure_clips(path, spec: synth.DatasetSpec, motion_fn, n_clips: int, n_frame
       Others: as :func:`generate_clips`.
     """
     params = dict(spec=json.loads(spec.to_json()), n_clips=int(n_clips), n_frames=int(n_frames), seed=int(seed),
-                  split=split, frame_stride=int(frame_stride), fmt=fmt, motion=motion_key,
+                  split=split, frame_stride=int(frame_stride), skeleton=skeleton, motion=motion_key,
                   generator=synth.GENERATOR_VERSION, schema=SCHEMA_VERSION)
     if os.path.exists(path):
         try:
@@ -162,7 +162,7 @@ def ensure_clips(path, spec: synth.DatasetSpec, motion_fn, n_clips: int, n_frame
         except ValueError:
             pass  # a corrupt or foreign file at our cache path: regenerate it
     arrays = generate_clips(spec, motion_fn(), n_clips, n_frames, seed=seed, split=split,
-                            frame_stride=frame_stride, fmt=fmt)
+                            frame_stride=frame_stride, skeleton=skeleton)
     write_clips(path, arrays, params)
     return arrays
 

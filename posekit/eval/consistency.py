@@ -38,9 +38,9 @@ ROOT_JOINT = 'pelv'
 """Joint subtracted for root-relative metrics (the format's tree root when it has no such joint)."""
 
 
-def root_index(fmt: str) -> int:
-    """Index of the root joint of format ``fmt`` (``ROOT_JOINT``, else its tree root)."""
-    info = skeletons.get(fmt)
+def root_index(skeleton: str) -> int:
+    """Index of the root joint of format ``skeleton`` (``ROOT_JOINT``, else its tree root)."""
+    info = skeletons.get(skeleton)
     if ROOT_JOINT in info.names:
         return list(info.names).index(ROOT_JOINT)
     return list(info.parents).index(-1)
@@ -81,15 +81,15 @@ def per_format_metrics(pred, gt, joint_space: skeletons.JointSpace,
     pred, gt = _check_pair(pred, gt, joint_space)
     formats = joint_space.formats if formats is None else tuple(formats)
     out = {}
-    for fmt in formats:
-        if fmt not in joint_space.slices:
-            raise ValueError(f'formats must be formats of {joint_space!r}, got {fmt!r}')
-        sl = joint_space.slices[fmt]
+    for skeleton in formats:
+        if skeleton not in joint_space.slices:
+            raise ValueError(f'formats must be formats of {joint_space!r}, got {skeleton!r}')
+        sl = joint_space.slices[skeleton]
         p, g = pred[:, sl], gt[:, sl]
-        r = root_index(fmt)
+        r = root_index(skeleton)
         scores = metrics.evaluate(p - p[:, r:r + 1], g - g[:, r:r + 1])
         scores['abs_mpjpe'] = float(np.mean(metrics.mpjpe(p, g)))
-        out[fmt] = scores
+        out[skeleton] = scores
     return out
 
 
@@ -133,7 +133,7 @@ def offset_errors(pred, gt, pairs) -> np.ndarray:
 
 
 def offset_errors_by_format_pair(pred, gt, joint_space: skeletons.JointSpace) -> Dict[str, float]:
-    """{'fmt_a/fmt_b': mean offset error (mm) over poses and that format pair's same-named joints}."""
+    """{'skeleton_a/skeleton_b': mean offset error (mm) over poses and that format pair's same-named joints}."""
     pred, gt = _check_pair(pred, gt, joint_space)
     pairs = same_name_pairs(joint_space)
     groups: Dict[str, list] = {}

@@ -194,7 +194,7 @@ class TrainResult:
 
     Attributes:
         history: dict name -> list of float, one entry per log point: 'step' (completed steps), 'loss' and
-            each metric (means over the log window), 'lr' (or 'lr/0', 'lr/1'... with several optimizers),
+            each metric (means over the log window), 'learning_rate' (or 'learning_rate/0', 'learning_rate/1'... with several optimizers),
             'loss_scale' (mixed_float16), 'steps_per_s'. Includes the entries of resumed-from runs.
         steps_per_s: training rate of this call (whole iterations: data, step, logging, checkpoints),
             excluding the iterations that traced a step function; nan if none was timed.
@@ -707,7 +707,7 @@ class _Trainer:
 
     # ------------------------------------------------------------------------------------------- run
     def _log(self, step, rate, writer):
-        """Appends the means over the log window (plus lr, loss scale, rate) to the history and TensorBoard."""
+        """Appends the means over the log window (plus learning rate, loss scale, rate) to the history and TensorBoard."""
         entry = {'step': float(step)}
         entry.update({k: float(np.mean(v)) for k, v in self.window.items()})
         self.window = {}
@@ -726,7 +726,7 @@ class _Trainer:
     def _learning_rates(self):
         lrs = {}
         for j, (optimizer, _) in enumerate(self.groups):
-            key = 'lr' if self.single else f'lr/{j}'
+            key = 'learning_rate' if self.single else f'learning_rate/{j}'
             lrs[key] = float(np.asarray(keras.ops.convert_to_numpy(optimizer.learning_rate)))
         return lrs
 

@@ -19,9 +19,9 @@ def _stacked_poses(clips, formats, subject_shapes=True):
 
 def test_every_format_has_its_registry_order_and_finite_joints(procedural_clips):
     motion = procedural_clips[0].motion
-    for fmt in bodies.SUPPORTED_FORMATS:
-        joints = bodies.format_joints(motion, fmt)
-        assert joints.shape == (motion.n_frames, skeletons.get(fmt).n_joints, 3)
+    for skeleton in bodies.SUPPORTED_FORMATS:
+        joints = bodies.format_joints(motion, skeleton)
+        assert joints.shape == (motion.n_frames, skeletons.get(skeleton).n_joints, 3)
         assert np.all(np.isfinite(joints))
     space = skeletons.JointSpace(bodies.DEFAULT_FORMATS)
     assert bodies.all_format_joints(motion).shape == (motion.n_frames, space.n_joints, 3)
@@ -118,7 +118,7 @@ def test_definitions_table_is_in_the_module_docstring():
 
 def test_bad_arguments_raise_value_errors(procedural_clips):
     motion = procedural_clips[0].motion
-    with pytest.raises(ValueError, match="fmt must be one of .* got 'cmu_daz_43'"):
+    with pytest.raises(ValueError, match="skeleton must be one of .* got 'cmu_daz_43'"):
         bodies.format_joints(motion, 'cmu_daz_43')
     other = bvh.Motion(positions=motion.positions, joint_names=motion.joint_names, parents=motion.parents,
                        fps=30.0, rotations=motion.rotations, offsets=motion.offsets,
@@ -145,8 +145,8 @@ def test_cross_convention_pair_gives_the_same_joints(cmu_mocap_dir):
     # of the segments works. The hands differ between the releases, so wrists' children are skipped.
     a = bvh.load_bvh(cmu_mocap_dir / 'cmu_mb2' / '01_01.bvh').frames(slice(1, 601))
     b = bvh.load_bvh(cmu_mocap_dir / 'cmu_3dsmax' / '01_01.bvh').frames(slice(0, 600))
-    for fmt in ('h36m_17', 'coco_19', 'mpi_inf_3dhp_17'):
-        np.testing.assert_allclose(bodies.format_joints(a, fmt), bodies.format_joints(b, fmt), atol=1e-3)
+    for skeleton in ('h36m_17', 'coco_19', 'mpi_inf_3dhp_17'):
+        np.testing.assert_allclose(bodies.format_joints(a, skeleton), bodies.format_joints(b, skeleton), atol=1e-3)
     smpl = skeletons.get('smpl_24')
     keep = [i for i, n in enumerate(smpl.names) if n not in ('lhan', 'rhan')]
     np.testing.assert_allclose(bodies.format_joints(a, 'smpl_24')[:, keep],
@@ -156,8 +156,8 @@ def test_cross_convention_pair_gives_the_same_joints(cmu_mocap_dir):
 def test_daz_motion_gets_every_format(cmu_mocap_dir):
     motion = bvh.load_bvh(cmu_mocap_dir / 'cmu_daz' / '02_01.bvh').frames(slice(1, 50))
     assert bodies.convention_of(motion) == 'cmu_daz_43'
-    for fmt in bodies.SUPPORTED_FORMATS:
-        joints = bodies.format_joints(motion, fmt)
+    for skeleton in bodies.SUPPORTED_FORMATS:
+        joints = bodies.format_joints(motion, skeleton)
         assert np.all(np.isfinite(joints))
     # Plausible anatomy: head top above the shoulders above the pelvis, ~1.4-2 m tall figure.
     h = bodies.format_joints(motion, 'h36m_17')

@@ -68,7 +68,7 @@ def rendered_examples(name, n, distortion=None, shape=(240, 320), two_d_only=Fal
         example['image_bytes'] = _png(frame['image'])
         example['example_id'] = np.int64(i)
         examples.append(example)
-    return spec.fmt, examples, np.stack(truths), frame
+    return spec.skeleton, examples, np.stack(truths), frame
 
 
 def crop_all(stream, keys=None, config=None):

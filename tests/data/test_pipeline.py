@@ -136,8 +136,8 @@ def test_same_seed_same_bytes_in_another_process():
         space = JointSpace({FORMATS!r})
         streams = {{}}
         for i, (name, size) in enumerate({SIZES!r}.items()):
-            fmt = {FORMAT_OF!r}[name]
-            arrays = pipeline.synthetic_arrays(size, {SIDE}, space.format_mask(fmt), seed=i,
+            skeleton = {FORMAT_OF!r}[name]
+            arrays = pipeline.synthetic_arrays(size, {SIDE}, space.format_mask(skeleton), seed=i,
                                                is_3d=name != 'coco_like')
             arrays['example_id'] += 1000 * i
             streams[name] = pipeline.stream_from_arrays(arrays)

@@ -30,7 +30,7 @@ def test_shards_hold_the_examples_and_metadata(made):
                                                                          'train-001-of-002.h5']
     shard = storage.open_shard(paths['coco_like']['train'][1])
     m = shard.metadata
-    assert (m['name'], m['split'], m['skeleton_format'], m['label_kind']) == ('coco_like', 'train', 'coco_19', '2d')
+    assert (m['name'], m['split'], m['skeleton'], m['label_kind']) == ('coco_like', 'train', 'coco_19', '2d')
     assert m['schema_version'] == storage.SCHEMA_VERSION and m['crop_size'] == 32 and m['seed'] == 3
     assert m['joint_space'] == list(synth.PRESETS['coco_like'].formats) and len(m['joint_names']) == 77
     assert (m['n_examples'], m['first_index'], m['split_examples'], m['shard_index'], m['n_shards']) == (2, 3, 5, 1, 2)
@@ -128,7 +128,7 @@ def test_changed_parameters_regenerate(tmp_path):
 def _write_valid(path):
     spec = _tiny_specs(['h36m_like'])[0]
     arrays = synth.empty_arrays(spec)
-    metadata = dict(generator_version='x', name='h36m_like', split='train', skeleton_format='h36m_17',
+    metadata = dict(generator_version='x', name='h36m_like', split='train', skeleton='h36m_17',
                     joint_space=list(spec.formats), joint_names=list(spec.joint_space.names), label_kind='3d',
                     crop_size=32, seed=0, motion_source='none', n_examples=0, split_examples=0,
                     first_index=0, shard_index=0, n_shards=1, dataset_index=0, spec_json=spec.to_json(),

@@ -39,15 +39,15 @@ def test_examples_follow_the_data_contract(train_motion, name):
         assert set(ex) == set(fields)
         for key, (shape, dtype) in fields.items():
             assert np.shape(ex[key]) == shape and np.asarray(ex[key]).dtype == dtype, key
-        np.testing.assert_array_equal(ex['joint_valid'], space.format_mask(spec.fmt))
+        np.testing.assert_array_equal(ex['joint_valid'], space.format_mask(spec.skeleton))
         assert bool(ex['is_3d']) == (spec.label_kind == '3d') and ex['dataset'] == 2
         assert ex['example_id'] == index
         # 2D labels are the projection of the 3D labels (all formats) to 0.01 px.
         np.testing.assert_allclose(ex['coords2d'], _project(ex['coords3d'], ex['intrinsics']), atol=0.01)
         # The person is in front of the camera, 2-10 m away, and centred in the crop.
-        own = ex['coords3d'][space.slices[spec.fmt]]
+        own = ex['coords3d'][space.slices[spec.skeleton]]
         assert np.all(own[:, 2] > 1000) and np.all(own[:, 2] < 12000)
-        uv = ex['coords2d'][space.slices[spec.fmt]]
+        uv = ex['coords2d'][space.slices[spec.skeleton]]
         centre = (uv.min(0) + uv.max(0)) / 2
         assert np.all(np.abs(centre - (CROP - 1) / 2) < 0.2 * CROP)
         assert np.all(uv > -0.1 * CROP) and np.all(uv < 1.1 * CROP)
@@ -117,8 +117,8 @@ def test_motion_splits_are_subject_wise(motion_splits):
 def test_spec_validation_and_json_round_trip():
     spec = synth.PRESETS['mpi_like']
     assert synth.DatasetSpec.from_json(spec.to_json()) == spec
-    with pytest.raises(ValueError, match="fmt must be one of formats .* got 'cmu_31'"):
-        dataclasses.replace(spec, fmt='cmu_31')
+    with pytest.raises(ValueError, match="skeleton must be one of formats .* got 'cmu_31'"):
+        dataclasses.replace(spec, skeleton='cmu_31')
     with pytest.raises(ValueError, match="label_kind must be one of .* got '3D'"):
         dataclasses.replace(spec, label_kind='3D')
     with pytest.raises(ValueError, match='distance_m must satisfy'):

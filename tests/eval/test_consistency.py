@@ -22,8 +22,8 @@ def _poses(space, rng, n=5):
 
 
 def test_root_index_is_the_pelvis_or_the_tree_root():
-    for fmt in FORMATS:
-        assert skeletons.get(fmt).names[consistency.root_index(fmt)] == 'pelv'
+    for skeleton in FORMATS:
+        assert skeletons.get(skeleton).names[consistency.root_index(skeleton)] == 'pelv'
     info = skeletons.get('cmu_31')
     expected = info.names.index('pelv') if 'pelv' in info.names else list(info.parents).index(-1)
     assert consistency.root_index('cmu_31') == expected
@@ -65,14 +65,14 @@ def test_per_format_metrics_are_root_relative_except_abs_mpjpe(space, rng):
     a = consistency.per_format_metrics(pred, gt, space)
     b = consistency.per_format_metrics(shifted, gt, space)
     assert set(a) == set(FORMATS)
-    for fmt in FORMATS:
-        assert set(a[fmt]) == {'mpjpe', 'pa_mpjpe', 'n_mpjpe', 'pck@100', 'auc', 'cps@200', 'abs_mpjpe'}
-        assert a[fmt]['mpjpe'] == pytest.approx(b[fmt]['mpjpe'])
-        assert b[fmt]['abs_mpjpe'] > a[fmt]['abs_mpjpe'] + 400.0
-        sl, r = space.slices[fmt], consistency.root_index(fmt)
+    for skeleton in FORMATS:
+        assert set(a[skeleton]) == {'mpjpe', 'pa_mpjpe', 'n_mpjpe', 'pck@100', 'auc', 'cps@200', 'abs_mpjpe'}
+        assert a[skeleton]['mpjpe'] == pytest.approx(b[skeleton]['mpjpe'])
+        assert b[skeleton]['abs_mpjpe'] > a[skeleton]['abs_mpjpe'] + 400.0
+        sl, r = space.slices[skeleton], consistency.root_index(skeleton)
         p, g = pred[:, sl], gt[:, sl]
         expected = np.mean(metrics.mpjpe(p - p[:, r:r + 1], g - g[:, r:r + 1]))
-        assert a[fmt]['mpjpe'] == pytest.approx(expected)
+        assert a[skeleton]['mpjpe'] == pytest.approx(expected)
     only = consistency.per_format_metrics(pred, gt, space, formats=['coco_19'])
     assert list(only) == ['coco_19']
 

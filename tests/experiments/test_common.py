@@ -82,8 +82,8 @@ def test_check_and_results_schema(tmp_path):
 
 
 def test_fmt():
-    assert common.fmt(1.234) == '1.2' and common.fmt(None) == '' and common.fmt(float('nan'), missing='-') == '-'
-    assert common.fmt(3, 'd') == '3' and common.fmt('text') == 'text'
+    assert common.format_number(1.234) == '1.2' and common.format_number(None) == '' and common.format_number(float('nan'), missing='-') == '-'
+    assert common.format_number(3, 'd') == '3' and common.format_number('text') == 'text'
 
 
 def _imports(path):

@@ -22,9 +22,9 @@ def test_presets_and_config_validation():
     assert set(gws.PRESETS) == set(common.PRESET_NAMES) == {'smoke', 'default', 'paper'}
     quick, paper = gws.PRESETS['default'], gws.PRESETS['paper']
     assert quick.tables == ('2', '3') and quick.channels == 128 and quick.variants == tuple(SHARING_VARIANTS)
-    assert quick.jit_compile and quick.lr == 1e-3
+    assert quick.jit_compile and quick.learning_rate == 1e-3
     assert paper.tables == ('2', '3', '4') and paper.batch_size == 64 and paper.clip_norm == 1.0
-    assert (paper.lr_decay_rate, paper.lr_decay_steps, paper.lr_staircase) == (0.96, 100_000, True)
+    assert (paper.learning_rate_decay, paper.learning_rate_decay_steps, paper.learning_rate_staircase) == (0.96, 100_000, True)
     with pytest.raises(ValueError, match=r"tables must be a non-empty subset of .*received \('5',\)"):
         gws.Config(tables=('5',))
     with pytest.raises(ValueError, match=r"variants must be a non-empty subset .*received \('gat',\)"):

@@ -22,7 +22,7 @@ def test_presets_and_config_validation():
     assert set(mab.PRESETS) == {'smoke', 'default', 'paper'}
     paper = mab.PRESETS['paper']
     assert (paper.batch_3d, paper.batch_2d, paper.stage1_steps, paper.stage2_steps) == (96, 32, 400_000, 40_000)
-    assert (paper.backbone, paper.crop_size, paper.base_lr) == ('efficientnetv2-s', 256, 2.12e-4)
+    assert (paper.backbone, paper.crop_size, paper.base_learning_rate) == ('efficientnetv2-s', 256, 2.12e-4)
     from posekit.data import pipeline
     assert mab.composition(paper) == pipeline.COMPOSITIONS['paper']
     assert mab.composition(mab.PRESETS['default']) == pipeline.COMPOSITIONS['default']

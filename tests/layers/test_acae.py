@@ -20,8 +20,8 @@ class _AllJoints:
     """A multi-format joint space like the lead's: names such as 'lsho_h36m', mirror from names."""
 
     def __init__(self, formats=('h36m_17', 'smpl_24', 'coco_19')):
-        self.names = [f'{n}_{fmt.split("_")[0]}' for fmt in formats
-                      for n in skeletons.get(fmt).names]
+        self.names = [f'{n}_{skeleton.split("_")[0]}' for skeleton in formats
+                      for n in skeletons.get(skeleton).names]
         index = {n: i for i, n in enumerate(self.names)}
         self.mirror = [index.get({'l': 'r', 'r': 'l'}.get(n[0], '') + n[1:], i)
                        for i, n in enumerate(self.names)]

@@ -118,9 +118,9 @@ def test_train_learns_logs_checkpoints_and_draws_progress(tmp_path, capsys):
                    config(40, log_every=10, checkpoint_every=10, keep_last=2, progress=True), out_dir=tmp_path)
     history = result.history
     assert history['step'] == [10.0, 20.0, 30.0, 40.0]
-    assert set(history) == {'step', 'loss', 'mae', 'lr', 'steps_per_s'}
+    assert set(history) == {'step', 'loss', 'mae', 'learning_rate', 'steps_per_s'}
     assert history['loss'][-1] < 0.5 * history['loss'][0]
-    assert history['lr'] == pytest.approx([3e-2] * 4)
+    assert history['learning_rate'] == pytest.approx([3e-2] * 4)
     assert (result.start_step, result.final_step, result.policy) == (0, 40, 'float32')
     assert result.steps_per_s > 0 and result.wall_time_s > 0
     # keep-last-2 checkpoints
@@ -131,7 +131,7 @@ def test_train_learns_logs_checkpoints_and_draws_progress(tmp_path, capsys):
     assert events
     tags = {value.tag: value.metadata.plugin_data.plugin_name
             for event in tf.compat.v1.train.summary_iterator(str(events[0])) for value in event.summary.value}
-    assert tags['loss'] == 'scalars' and {'mae', 'lr', 'steps_per_s'} <= set(tags)
+    assert tags['loss'] == 'scalars' and {'mae', 'learning_rate', 'steps_per_s'} <= set(tags)
     err = capsys.readouterr().err
     assert 'step 40/40' in err and 'steps/s' in err and 'ETA' in err
     # resuming a finished run does nothing and returns the stored history
@@ -196,9 +196,9 @@ def test_two_optimizers_update_only_their_variables_with_their_schedules():
         else:  # only projected onto the max-norm ball (once before training, then after each zero-rate update)
             norms = np.linalg.norm(before[v.path], axis=0)
             np.testing.assert_allclose(v.numpy(), before[v.path] * np.minimum(1, MAX_NORM / norms), rtol=1e-5)
-    assert result.history['lr/0'] == pytest.approx([finetune_lr(5, total, 'head'),
+    assert result.history['learning_rate/0'] == pytest.approx([finetune_lr(5, total, 'head'),
                                                     finetune_lr(10, total, 'head')], rel=1e-6)
-    assert result.history['lr/1'] == [0.0, 0.0]
+    assert result.history['learning_rate/1'] == [0.0, 0.0]
 
 
 def test_optimizer_selection_errors():
