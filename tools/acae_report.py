@@ -4,7 +4,7 @@ Usage::
 
     python -m tools.acae_report --mocap-dir procedural --out results/acae_procedural
     python -m tools.acae_report --mocap-dir auto --test-mocap-dir auto --out results/acae_cmu
-    python -m tools.acae_report --quick --mocap-dir procedural --out /tmp/acae_quick   # ~40 CPU-s
+    python -m tools.acae_report --preset=smoke --mocap-dir procedural --out /tmp/acae_quick   # ~40 CPU-s
 
 What it does (issue 5, part 4):
 
@@ -44,13 +44,12 @@ and ``workers.log`` (stderr of the fitting processes). The last stdout line is t
 
 Cost: each ``fit_acae`` call spends ~4 CPU-s tracing and XLA-compiling its training loop, whatever
 the number of steps (a step costs ~0.1 ms), so the 9 fits run in ``--workers`` processes (default
-2). Measured on the shared 2-core machine (others' jobs running): quick ~50 CPU-s, procedural
+2). Measured on the shared 2-core machine (others' jobs running): smoke ~50 CPU-s, procedural
 ~60 CPU-s, CMU with the external test ~70 CPU-s.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import os
@@ -62,8 +61,10 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import numpy as np
+from absl import flags
 
 from experiments import common
+from tools import _cli
 from posekit import skeletons
 from posekit.acae import (DEFAULT_STEPS, SPARSITY_THRESHOLD, fit_acae, reconstruction_error,
                           save_acae, weight_stats)
@@ -140,7 +141,7 @@ PRESETS = {
     'default': ReportConfig(),
     # Small procedural motion. A fit costs ~4 CPU-s of tracing and XLA compilation whatever its
     # length (a step is ~0.1 ms), so fewer steps would save little: 9 fits take ~40 CPU-s.
-    'quick': ReportConfig(steps=3000, max_frames_per_clip=40,
+    'smoke': ReportConfig(steps=3000, max_frames_per_clip=40,
                           procedural_subjects=4, procedural_clips=4, procedural_seconds=4.0),
 }
 
@@ -665,40 +666,38 @@ def markdown_report(report: Mapping) -> str:
 
 
 # ------------------------------------------------------------------------------------------- CLI
-def _ints(text: str) -> Tuple[int, ...]:
-    return tuple(int(v) for v in text.split(',') if v.strip())
+def define_flags(fv):
+    flags.DEFINE_string('out', None, 'output folder', flag_values=fv)
+    flags.DEFINE_string('mocap-dir', 'auto', "BVH folder; 'auto' = ../shared/data/cmu_mocap if present, else "
+                        "procedural; 'procedural' = the embedded procedural motion", flag_values=fv)
+    flags.DEFINE_string('test-mocap-dir', None, "external test BVH folder, evaluated only ('auto' = "
+                        "../shared/data/cmu_mocap_test if present)", flag_values=fv)
+    flags.DEFINE_enum('preset', 'default', sorted(PRESETS),
+                      "smoke: small data, 3000 steps per fit (the tests); default: the report's grid", flag_values=fv)
+    flags.DEFINE_list('latents', None, 'comma-separated L values', flag_values=fv)
+    flags.DEFINE_list('l1', None, 'comma-separated l1 weights', flag_values=fv)
+    flags.DEFINE_integer('steps', None, 'Adam steps per fit', lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer('seed', None, 'seed', lower_bound=0, flag_values=fv)
+    flags.DEFINE_integer('max-frames-per-clip', None, 'subsample long clips (default: all frames)', lower_bound=1,
+                         flag_values=fv)
+    flags.DEFINE_integer('workers', 2, 'processes for the fits (1 = in-process)', lower_bound=0, flag_values=fv)
+    flags.DEFINE_bool('no-weights', False, 'do not write the npz weights', flag_values=fv)
+    flags.DEFINE_bool('quiet', False, 'no progress output', flag_values=fv)
 
 
-def _floats(text: str) -> Tuple[float, ...]:
-    return tuple(float(v) for v in text.split(',') if v.strip())
+def parse_args(argv: Optional[List[str]] = None):
+    """The flags of ``argv`` (absl, see :mod:`tools._cli`) as a namespace."""
+    args, _ = _cli.parse(define_flags, argv, 'acae_report', required=('out',))
+    try:
+        args.latents = None if args.latents is None else tuple(int(v) for v in args.latents)
+        args.l1 = None if args.l1 is None else tuple(float(v) for v in args.l1)
+    except ValueError as e:
+        raise _cli.UsageError(f'--latents must be ints and --l1 numbers: {e}') from None
+    return args
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--out', required=True, help='output folder')
-    parser.add_argument('--mocap-dir', default='auto',
-                        help="BVH folder; 'auto' = ../shared/data/cmu_mocap if present, else "
-                             "procedural; 'procedural' = the embedded procedural motion")
-    parser.add_argument('--test-mocap-dir', default=None,
-                        help="external test BVH folder, evaluated only ('auto' = "
-                             "../shared/data/cmu_mocap_test if present)")
-    parser.add_argument('--quick', action='store_true',
-                        help='small data, 3000 steps per fit (the tests use it)')
-    parser.add_argument('--latents', type=_ints, default=None, help='comma-separated L values')
-    parser.add_argument('--l1', type=_floats, default=None, help='comma-separated l1 weights')
-    parser.add_argument('--steps', type=int, default=None, help='Adam steps per fit')
-    parser.add_argument('--seed', type=int, default=None)
-    parser.add_argument('--max-frames-per-clip', type=int, default=None)
-    parser.add_argument('--workers', type=int, default=2,
-                        help='processes for the fits (default: %(default)s; 1 = in-process)')
-    parser.add_argument('--no-weights', action='store_true', help='do not write the npz weights')
-    parser.add_argument('--quiet', action='store_true', help='no progress output')
-    return parser.parse_args(argv)
-
-
-def config_from_args(args: argparse.Namespace) -> ReportConfig:
-    config = PRESETS['quick' if args.quick else 'default']
+def config_from_args(args) -> ReportConfig:
+    config = PRESETS[args.preset]
     changes = {k: v for k, v in (('latents', args.latents), ('l1s', args.l1),
                                  ('steps', args.steps), ('seed', args.seed),
                                  ('max_frames_per_clip', args.max_frames_per_clip))
@@ -707,7 +706,11 @@ def config_from_args(args: argparse.Namespace) -> ReportConfig:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except _cli.UsageError as e:
+        print(f'acae_report: error: {e}', file=sys.stderr)
+        return 2
     log = None if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     try:
         config = config_from_args(args)
@@ -723,4 +726,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    _cli.run(main, 'acae_report')

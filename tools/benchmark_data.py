@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m tools.benchmark_data --seconds 10 --sides 128 256 --train-steps-per-s 0.5 --batch-size 32
+    python -m tools.benchmark_data --seconds 10 --sides 128,256 --train-steps-per-s 0.5 --batch-size 32
     python -m tools.benchmark_data --shards data/synth      # shards made by tools/make_datasets.py
 
 For each crop side the full training pipeline of
@@ -25,7 +25,6 @@ With ``--train-steps-per-s`` and ``--batch-size`` the training step's consumptio
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import sys
@@ -33,6 +32,10 @@ import tempfile
 import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import flags  # noqa: E402
+
+from tools import _cli  # noqa: E402
 
 REQUIRED_SPEEDUP = 3.0
 """The pipeline must deliver at least this multiple of what the training step consumes."""
@@ -131,29 +134,34 @@ def _resolve_source(source):
     return 'arrays'
 
 
+def define_flags(fv):
+    flags.DEFINE_float('seconds', 10.0, 'measuring time per crop side', flag_values=fv)
+    flags.DEFINE_list('sides', ['128', '256'], 'crop sides (px), comma-separated', flag_values=fv)
+    flags.DEFINE_string('preset', 'default', 'batch composition (pipeline.COMPOSITIONS)', flag_values=fv)
+    flags.DEFINE_enum('source', 'auto', list(SOURCES), 'where examples come from', flag_values=fv)
+    flags.DEFINE_string('shards', None, 'folder of existing shards (tools/make_datasets.py)', flag_values=fv)
+    flags.DEFINE_integer('examples-per-dataset', 64, 'examples made per dataset', flag_values=fv)
+    flags.DEFINE_integer('num-parallel-calls', 0, '0: tf.data.AUTOTUNE', flag_values=fv)
+    flags.DEFINE_bool('no-augment', False, 'measure read + batch only', flag_values=fv)
+    flags.DEFINE_enum('warp-backend', 'opencv', ['opencv', 'tensorflow'], 'AugmentConfig.warp_backend',
+                      flag_values=fv)
+    flags.DEFINE_float('train-steps-per-s', None, 'training steps/s to compare with', flag_values=fv)
+    flags.DEFINE_integer('batch-size', None, 'training batch size to compare with', flag_values=fv)
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--seconds', type=float, default=10.0, help='measuring time per crop side')
-    parser.add_argument('--sides', type=int, nargs='+', default=[128, 256], help='crop sides (px)')
-    parser.add_argument('--preset', default='default', help='batch composition (pipeline.COMPOSITIONS)')
-    parser.add_argument('--source', choices=SOURCES, default='auto', help='where examples come from')
-    parser.add_argument('--shards', default=None, help='folder of existing shards (tools/make_datasets.py)')
-    parser.add_argument('--examples-per-dataset', type=int, default=64, help='examples made per dataset')
-    parser.add_argument('--num-parallel-calls', type=int, default=0, help='0: tf.data.AUTOTUNE')
-    parser.add_argument('--no-augment', action='store_true', help='measure read + batch only')
-    parser.add_argument('--warp-backend', choices=('opencv', 'tensorflow'), default='opencv',
-                        help='AugmentConfig.warp_backend')
-    parser.add_argument('--train-steps-per-s', type=float, default=None, help='training steps/s to compare with')
-    parser.add_argument('--batch-size', type=int, default=None, help='training batch size to compare with')
-    args = parser.parse_args(argv)
+    args, _ = _cli.parse(define_flags, argv, 'benchmark_data')
     from posekit.data import pipeline
+    try:
+        args.sides = [int(v) for v in args.sides]
+    except ValueError:
+        raise _cli.UsageError(f'--sides must be comma-separated ints, got {args.sides}') from None
     if args.preset not in pipeline.COMPOSITIONS:
-        parser.error(f'--preset must be one of {sorted(pipeline.COMPOSITIONS)}, got {args.preset!r}')
+        raise _cli.UsageError(f'--preset must be one of {sorted(pipeline.COMPOSITIONS)}, got {args.preset!r}')
     if (args.train_steps_per_s is None) != (args.batch_size is None):
-        parser.error('give both --train-steps-per-s and --batch-size, or neither')
+        raise _cli.UsageError('give both --train-steps-per-s and --batch-size, or neither')
     if args.seconds <= 0 or args.examples_per_dataset <= 0:
-        parser.error('--seconds and --examples-per-dataset must be positive')
+        raise _cli.UsageError('--seconds and --examples-per-dataset must be positive')
     composition = pipeline.COMPOSITIONS[args.preset]
     batch = sum(composition.values())
     makers = {'shards': _generated_shard_streams, 'synth': _synth_streams, 'arrays': _array_streams}
@@ -190,4 +198,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    _cli.run(main, 'benchmark_data')

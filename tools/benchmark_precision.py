@@ -16,12 +16,14 @@ convergence: it is a quick sweep.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from typing import Dict, List, Sequence
 
 import numpy as np
+from absl import flags
+
+from tools import _cli
 
 #: Joints of the lifter's skeleton and of the motion model's states (smpl_24: 6 numbers per joint).
 LIFTER_JOINTS = 'h36m_17'
@@ -118,25 +120,33 @@ def format_table(rows: Sequence[Dict], policies: Sequence[str]) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def _ints(text: str) -> List[int]:
-    values = [int(v) for v in text.split(',') if v.strip()]
-    if any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f'expected positive ints, received {text!r}')
-    return values
+def define_flags(fv):
+    flags.DEFINE_list('gcn-channels', ['32', '64', '128', '256'], 'GCN lifter channel counts (empty to skip)',
+                      flag_values=fv)
+    flags.DEFINE_list('mvae-hidden', ['128', '256', '512', '1024'], 'motion VAE hidden widths (empty to skip)',
+                      flag_values=fv)
+    flags.DEFINE_list('batches', ['64', '256'], 'batch sizes', flag_values=fv)
+    flags.DEFINE_string('policy', 'auto', "reduced-precision policy compared with float32 ('auto': the machine's)",
+                        flag_values=fv)
+    flags.DEFINE_integer('rounds', 3, 'interleaved rounds', lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer('steps', 5, 'steps per policy per round', lower_bound=1, flag_values=fv)
+
+
+def _positive_ints(values, name):
+    try:
+        out = [int(v) for v in values]
+    except ValueError:
+        raise _cli.UsageError(f'--{name} must be comma-separated positive ints, got {values}') from None
+    if any(v < 1 for v in out):
+        raise _cli.UsageError(f'--{name} must be comma-separated positive ints, got {values}')
+    return out
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--gcn-channels', type=_ints, default=[32, 64, 128, 256],
-                        help='GCN lifter channel counts (empty to skip)')
-    parser.add_argument('--mvae-hidden', type=_ints, default=[128, 256, 512, 1024],
-                        help='motion VAE hidden widths (empty to skip)')
-    parser.add_argument('--batches', type=_ints, default=[64, 256], help='batch sizes')
-    parser.add_argument('--policy', default='auto', help="reduced-precision policy compared with float32 ('auto': "
-                                                        "the machine's)")
-    parser.add_argument('--rounds', type=int, default=3, help='interleaved rounds')
-    parser.add_argument('--steps', type=int, default=5, help='steps per policy per round')
-    args = parser.parse_args(argv)
+    args, _ = _cli.parse(define_flags, argv, 'benchmark_precision')
+    args.gcn_channels = _positive_ints(args.gcn_channels, 'gcn-channels')
+    args.mvae_hidden = _positive_ints(args.mvae_hidden, 'mvae-hidden')
+    args.batches = _positive_ints(args.batches, 'batches')
     from posekit.train import precision
     mixed = precision.resolve_policy(precision.auto_policy() if args.policy == 'auto' else args.policy)
     policies = ('float32', mixed)
@@ -150,8 +160,8 @@ def main(argv=None):
                       f'speed-up {r["speedup"]:.2f}', file=sys.stderr, flush=True)
     print(format_table(rows, policies))
     print(f'choice: what precision.choose_policy decides (the mixed policy if >= {precision.MIN_SPEEDUP}x faster).')
-    return rows
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    _cli.run(main, 'benchmark_precision')

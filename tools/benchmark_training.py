@@ -21,7 +21,6 @@ ratio of pipeline throughput to the step's consumption (steps/s x batch size) is
 """
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -29,6 +28,10 @@ import time
 from typing import Dict, List, Sequence
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import flags  # noqa: E402
+
+from tools import _cli  # noqa: E402
 
 DEFAULT_POLICIES = ('float32', 'auto')
 
@@ -142,28 +145,25 @@ def format_table(rows: Sequence[Dict], examples_per_s: float = None) -> str:
     return '\n'.join(lines)
 
 
+def define_flags(fv):
+    flags.DEFINE_list('policies', list(DEFAULT_POLICIES),
+                      'comma-separated precision policies (auto, float32, mixed_bfloat16, mixed_float16); the first is '
+                      'the reference of the speed-up column', flag_values=fv)
+    flags.DEFINE_string('preset', 'default', 'experiments.metrabs_acae preset (model, batch)', flag_values=fv)
+    flags.DEFINE_integer('rounds', 5, 'interleaved measurement rounds', lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer('steps', 10, 'timed steps per policy and round', lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer('warmup', 2, 'untimed steps per policy after tracing', lower_bound=0, flag_values=fv)
+    flags.DEFINE_bool('jit', False, 'XLA-compile the step (jit_compile=True)', flag_values=fv)
+    flags.DEFINE_integer('seed', 0, 'seed', lower_bound=0, flag_values=fv)
+    flags.DEFINE_float('examples-per-s', None, 'input pipeline throughput (tools/benchmark_data.py) for the ratio '
+                       'column', flag_values=fv)
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--policies', default=','.join(DEFAULT_POLICIES),
-                        help='comma-separated precision policies (auto, float32, mixed_bfloat16, mixed_float16); '
-                             'the first is the reference of the speed-up column')
-    parser.add_argument('--preset', default='default', help='experiments.metrabs_acae preset (model, batch)')
-    parser.add_argument('--rounds', type=int, default=5, help='interleaved measurement rounds')
-    parser.add_argument('--steps', type=int, default=10, help='timed steps per policy and round')
-    parser.add_argument('--warmup', type=int, default=2, help='untimed steps per policy after tracing')
-    parser.add_argument('--jit', action='store_true', help='XLA-compile the step (jit_compile=True)')
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--examples-per-s', type=float, default=None,
-                        help="input pipeline throughput (tools/benchmark_data.py) for the ratio column")
-    args = parser.parse_args(argv)
-    policies = [p.strip() for p in args.policies.split(',') if p.strip()]
-    for name, value in (('rounds', args.rounds), ('steps', args.steps)):
-        if value < 1:
-            parser.error(f'--{name} must be >= 1, got {value}')
-    if args.warmup < 0:
-        parser.error(f'--warmup must be >= 0, got {args.warmup}')
+    args, _ = _cli.parse(define_flags, argv, 'benchmark_training')
+    policies = [p.strip() for p in args.policies if p.strip()]
     if not policies:
-        parser.error('--policies must name at least one policy')
+        raise _cli.UsageError('--policies must name at least one policy')
 
     def log(message):
         print(message, file=sys.stderr, flush=True)
@@ -177,8 +177,8 @@ def main(argv=None):
     if args.examples_per_s:
         print(f'pipeline / step: input pipeline examples/s ({args.examples_per_s:.0f}) over the examples/s the '
               'step consumes (>= 3x leaves the step input-bound never)')
-    return rows
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    _cli.run(main, 'benchmark_training')

@@ -20,7 +20,6 @@ depth away from the viewer, up = -y). The canvas is ``max(H, view_size)`` px hig
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -28,8 +27,10 @@ import sys
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import numpy as np
+from absl import flags
 
 from posekit import geometry, skeletons
+from tools import _cli
 
 #: Colours (RGB) of the overlay.
 LEFT_COLOUR = (230, 40, 40)
@@ -52,14 +53,13 @@ _SHIFT_BITS = 4
 
 
 def parse_box(text):
-    """'x,y,w,h' (px) -> tuple of 4 floats; ``argparse.ArgumentTypeError`` otherwise."""
+    """'x,y,w,h' (px) -> tuple of 4 floats; :class:`tools._cli.UsageError` otherwise."""
     try:
         values = tuple(float(v) for v in text.split(','))
     except ValueError:
         values = ()
     if len(values) != 4 or not all(math.isfinite(v) for v in values) or values[2] <= 0 or values[3] <= 0:
-        raise argparse.ArgumentTypeError(
-            f'a box is x,y,w,h in px with positive w and h; received {text!r}')
+        raise _cli.UsageError(f'a box is x,y,w,h in px with positive w and h; received {text!r}')
     return values
 
 
@@ -151,47 +151,45 @@ def compose(overlay, view):
     return canvas
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(prog='python -m tools.demo', description=__doc__.split('\n\n')[0])
-    parser.add_argument('image', help='input image (any format OpenCV reads)')
-    parser.add_argument('--model', required=True, help='SavedModel directory written by posekit.export')
-    parser.add_argument('--boxes', type=parse_box, action='append', required=True, metavar='x,y,w,h',
-                        help='a person box in px (repeat for several people)')
-    parser.add_argument('--skeleton', default=None, help="skeleton format (default: the model's default)")
-    parser.add_argument('--out', default='demo.png', help='output PNG path')
-    parser.add_argument('--fov', type=float, default=None,
-                        help="field of view along the larger image side, degrees (default: the model's)")
-    parser.add_argument('--num-aug', type=int, default=1, help='test-time augmentations (>= 1)')
-    parser.add_argument('--view-size', type=int, default=DEFAULT_VIEW_SIZE, help='side of the 3D view, px')
-    return parser
+def define_flags(fv):
+    flags.DEFINE_string('model', None, 'SavedModel directory written by posekit.export', flag_values=fv)
+    flags.DEFINE_multi_string('boxes', [], 'a person box x,y,w,h in px (repeat for several people)', flag_values=fv)
+    flags.DEFINE_string('skeleton', None, "skeleton format (default: the model's default)", flag_values=fv)
+    flags.DEFINE_string('out', 'demo.png', 'output PNG path', flag_values=fv)
+    flags.DEFINE_float('fov', None, "field of view along the larger image side, degrees (default: the model's)",
+                       flag_values=fv)
+    flags.DEFINE_integer('num-aug', 1, 'test-time augmentations (>= 1)', flag_values=fv)
+    flags.DEFINE_integer('view-size', DEFAULT_VIEW_SIZE, 'side of the 3D view, px', flag_values=fv)
 
 
 def main(argv=None):
-    """Runs the demo; returns the dict of the model's outputs as numpy arrays (also writes ``--out``)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """Runs the demo (``IMAGE --model DIR --boxes x,y,w,h ...``); returns the dict of the model's outputs as numpy
+    arrays (also writes ``--out``). A bad command line raises :class:`tools._cli.UsageError`."""
+    args, rest = _cli.parse(define_flags, argv, 'demo', required=('model', 'boxes'), positional=(1, 1))
+    args.image = rest[0]
+    boxes_in = [parse_box(text) for text in args.boxes]
     if args.num_aug < 1:
-        parser.error(f'--num-aug must be >= 1; received {args.num_aug}')
+        raise _cli.UsageError(f'--num-aug must be >= 1; received {args.num_aug}')
     if args.view_size < 32:
-        parser.error(f'--view-size must be >= 32 px; received {args.view_size}')
+        raise _cli.UsageError(f'--view-size must be >= 32 px; received {args.view_size}')
     if args.fov is not None and not 0 < args.fov < 180:
-        parser.error(f'--fov must be in (0, 180) degrees; received {args.fov}')
+        raise _cli.UsageError(f'--fov must be in (0, 180) degrees; received {args.fov}')
     import cv2
     bgr = cv2.imread(args.image, cv2.IMREAD_COLOR)
     if bgr is None:
-        parser.error(f'cannot read the image {args.image!r}')
+        raise _cli.UsageError(f'cannot read the image {args.image!r}')
     image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
     import tensorflow as tf
     try:
         model = tf.saved_model.load(args.model)
     except (OSError, ValueError) as error:
-        parser.error(f'cannot load a SavedModel from --model {args.model!r}: {error}')
+        raise _cli.UsageError(f'cannot load a SavedModel from --model {args.model!r}: {error}') from None
     known = [s.decode() for s in model.skeletons.numpy()]
     skeleton = args.skeleton or model.default_skeleton.numpy().decode()
     if skeleton not in known:
-        parser.error(f'--skeleton must be one of {known}; received {skeleton!r}')
-    boxes = np.array(args.boxes, np.float32)
+        raise _cli.UsageError(f'--skeleton must be one of {known}; received {skeleton!r}')
+    boxes = np.array(boxes_in, np.float32)
     kwargs = dict(skeleton=skeleton, num_aug=args.num_aug)
     if args.fov is not None:
         kwargs['intrinsic_matrix'] = geometry.fov_intrinsics(args.fov, *image.shape[:2]).astype(np.float32)
@@ -203,7 +201,7 @@ def main(argv=None):
     view = render_3d(result['poses3d'], edges, sides, args.view_size)
     canvas = compose(overlay, view)
     if not cv2.imwrite(args.out, cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR)):
-        parser.error(f'cannot write --out {args.out!r}')
+        raise _cli.UsageError(f'cannot write --out {args.out!r}')
     depths = ', '.join(f'{np.median(p[:, 2]) / MM_PER_M:.2f} m' for p in result['poses3d'])
     print(f'{len(boxes)} person(s), skeleton {skeleton}, median depth {depths}; wrote {args.out} '
           f'({canvas.shape[1]}x{canvas.shape[0]} px)')
@@ -211,4 +209,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    main(sys.argv[1:])
+    _cli.run(lambda argv: main(argv) and 0, 'demo')

@@ -28,19 +28,24 @@ import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string('model', None, 'SavedModel directory written by posekit.export.')
-flags.DEFINE_string('adapter', None, 'Dataset adapter (posekit.data.adapters.names()); or give --index.')
-flags.DEFINE_string('root', None, 'Dataset root (for manifest: the manifest file).')
-flags.DEFINE_string('split', 'test', "Split of the dataset (the adapter's official split names).")
-flags.DEFINE_string('index', None, 'An index file (tools.make_index) instead of --adapter/--root/--split.')
-flags.DEFINE_multi_string('option', [], 'Adapter option key=value (repeatable).')
-flags.DEFINE_integer('num_aug', 1, 'Test-time augmentations of estimate_poses.', lower_bound=1)
-flags.DEFINE_string('out', None, 'Write the summary JSON here too.')
+from tools import _cli  # noqa: E402
+
+def define_flags(fv):
+    flags.DEFINE_string('model', None, 'SavedModel directory written by posekit.export.', flag_values=fv)
+    flags.DEFINE_string('adapter', None, 'Dataset adapter (posekit.data.adapters.names()); or give --index.',
+                        flag_values=fv)
+    flags.DEFINE_string('root', None, 'Dataset root (for manifest: the manifest file).', flag_values=fv)
+    flags.DEFINE_string('split', 'test', "Split of the dataset (the adapter's official split names).", flag_values=fv)
+    flags.DEFINE_string('index', None, 'An index file (tools.make_index) instead of --adapter/--root/--split.',
+                        flag_values=fv)
+    flags.DEFINE_multi_string('option', [], 'Adapter option key=value (repeatable).', flag_values=fv)
+    flags.DEFINE_integer('num_aug', 1, 'Test-time augmentations of estimate_poses.', lower_bound=1, flag_values=fv)
+    flags.DEFINE_string('out', None, 'Write the summary JSON here too.', flag_values=fv)
+
 
 PCK3D_THRESHOLD_MM = 100.0
 PCK2D_BOX_FRACTION = 0.1
@@ -127,33 +132,33 @@ def evaluate(model, source, num_aug: int = 1, log=None) -> dict:
     return summary
 
 
-def main(argv):
-    del argv
+def main(argv=None) -> int:
     try:
+        args, _ = _cli.parse(define_flags, argv, 'evaluate', required=('model',))
         from posekit.data import adapters, examples
         import tensorflow as tf
-        if not FLAGS.model or not os.path.isdir(FLAGS.model):
-            raise FileNotFoundError(f'--model {FLAGS.model!r} is not a SavedModel directory')
-        if FLAGS.index:
-            source = examples.open_index(FLAGS.index)
+        if not os.path.isdir(args.model):
+            raise FileNotFoundError(f'--model {args.model!r} is not a SavedModel directory')
+        if args.index:
+            source = examples.open_index(args.index)
         else:
-            if not FLAGS.adapter or not FLAGS.root:
+            if not args.adapter or not args.root:
                 raise ValueError('give --index, or --adapter and --root')
-            options = dict(o.split('=', 1) for o in FLAGS.option)
-            items = adapters.load(FLAGS.adapter, FLAGS.root, FLAGS.split, **options)
+            options = dict(o.split('=', 1) for o in args.option)
+            items = adapters.load(args.adapter, args.root, args.split, **options)
             if not items:
-                raise ValueError(f'adapter {FLAGS.adapter!r} found no examples of split {FLAGS.split!r}')
-            source = _ListSource(items, adapters.image_root(FLAGS.adapter, FLAGS.root))
-        model = tf.saved_model.load(FLAGS.model)
-        summary = evaluate(model, source, FLAGS.num_aug, log=lambda m: print(m, file=sys.stderr))
+                raise ValueError(f'adapter {args.adapter!r} found no examples of split {args.split!r}')
+            source = _ListSource(items, adapters.image_root(args.adapter, args.root))
+        model = tf.saved_model.load(args.model)
+        summary = evaluate(model, source, args.num_aug, log=lambda m: print(m, file=sys.stderr))
     except (ValueError, KeyError, OSError) as e:
         print(f'evaluate: error: {e}', file=sys.stderr)
         return 2
     text = json.dumps(summary, indent=1)
     print(text)
-    if FLAGS.out:
-        os.makedirs(os.path.dirname(os.path.abspath(FLAGS.out)), exist_ok=True)
-        with open(FLAGS.out, 'w', encoding='utf-8') as f:
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, 'w', encoding='utf-8') as f:
             f.write(text + '\n')
     return 0
 
@@ -177,4 +182,4 @@ class _ListSource:
 
 
 if __name__ == '__main__':
-    app.run(main)
+    _cli.run(main, 'evaluate')

@@ -13,40 +13,45 @@ last line on stdout is a JSON summary {dataset: {split: [paths]}}.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from typing import List, Optional
 
+from absl import flags
+
 from posekit.data import mocap, storage, synth
+from tools import _cli
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--out', required=True, help='output folder')
-    parser.add_argument('--preset', default='default', choices=sorted(synth.SIZE_PRESETS),
-                        help='split sizes (default: %(default)s)')
-    parser.add_argument('--datasets', default=','.join(synth.PRESETS),
-                        help='comma-separated dataset names (default: all presets)')
-    parser.add_argument('--mocap-dir', default=None,
-                        help="BVH folder for train/val motion; 'auto' = ../shared/data/cmu_mocap if present; "
-                             'default: procedural motion')
-    parser.add_argument('--test-mocap-dir', default=None, help='BVH folder used whole for the test split')
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--crop-size', type=int, default=128)
-    parser.add_argument('--splits', default=','.join(synth.SPLITS))
-    parser.add_argument('--shard-size', type=int, default=storage.DEFAULT_SHARD_SIZE)
-    parser.add_argument('--workers', type=int, default=1, help='parallel generator processes')
-    parser.add_argument('--max-frames-per-clip', type=int, default=None)
-    parser.add_argument('--overwrite', action='store_true',
-                        help='regenerate every shard, replacing any file in the way')
-    parser.add_argument('--quiet', action='store_true', help='no progress output')
-    return parser.parse_args(argv)
+def define_flags(fv):
+    flags.DEFINE_string('out', None, 'output folder', flag_values=fv)
+    flags.DEFINE_enum('preset', 'default', sorted(synth.SIZE_PRESETS), 'split sizes', flag_values=fv)
+    flags.DEFINE_string('datasets', ','.join(synth.PRESETS), 'comma-separated dataset names (default: all presets)',
+                        flag_values=fv)
+    flags.DEFINE_string('mocap-dir', None, "BVH folder for train/val motion; 'auto' = ../shared/data/cmu_mocap if "
+                        'present; default: procedural motion', flag_values=fv)
+    flags.DEFINE_string('test-mocap-dir', None, 'BVH folder used whole for the test split', flag_values=fv)
+    flags.DEFINE_integer('seed', 0, 'generation seed', lower_bound=0, flag_values=fv)
+    flags.DEFINE_integer('crop-size', 128, 'crop side (px)', flag_values=fv)
+    flags.DEFINE_string('splits', ','.join(synth.SPLITS), 'comma-separated splits', flag_values=fv)
+    flags.DEFINE_integer('shard-size', storage.DEFAULT_SHARD_SIZE, 'examples per shard', lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer('workers', 1, 'parallel generator processes', lower_bound=1, flag_values=fv)
+    flags.DEFINE_integer('max-frames-per-clip', None, 'subsample long clips (default: all frames)', lower_bound=1,
+                         flag_values=fv)
+    flags.DEFINE_bool('overwrite', False, 'regenerate every shard, replacing any file in the way', flag_values=fv)
+    flags.DEFINE_bool('quiet', False, 'no progress output', flag_values=fv)
+
+
+def parse_args(argv: Optional[List[str]] = None):
+    return _cli.parse(define_flags, argv, 'make_datasets', required=('out',))[0]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except _cli.UsageError as e:
+        print(f'make_datasets: error: {e}', file=sys.stderr)
+        return 2
     mocap_dir = args.mocap_dir
     if mocap_dir == 'auto':
         mocap_dir = mocap.default_mocap_dir()
@@ -66,4 +71,4 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    _cli.run(main, 'make_datasets')

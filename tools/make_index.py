@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import flags
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string('adapter', None, 'Dataset adapter (posekit.data.adapters.names()).')
-flags.DEFINE_string('root', None, 'Dataset root folder (for manifest: the manifest file).')
-flags.DEFINE_string('split', 'train', 'Split of the dataset.')
-flags.DEFINE_string('out', None, 'Output index file (.h5).')
-flags.DEFINE_multi_string('option', [], 'Adapter option key=value (repeatable).')
-flags.mark_flags_as_required(['adapter', 'root', 'out'])
+from tools import _cli
+
+def define_flags(fv):
+    flags.DEFINE_string('adapter', None, 'Dataset adapter (posekit.data.adapters.names()).', flag_values=fv)
+    flags.DEFINE_string('root', None, 'Dataset root folder (for manifest: the manifest file).', flag_values=fv)
+    flags.DEFINE_string('split', 'train', 'Split of the dataset.', flag_values=fv)
+    flags.DEFINE_string('out', None, 'Output index file (.h5).', flag_values=fv)
+    flags.DEFINE_multi_string('option', [], 'Adapter option key=value (repeatable).', flag_values=fv)
+
 
 LIST_OPTIONS = ('annotations', 'sequences', 'cameras')
 
@@ -47,10 +49,10 @@ def build(adapter: str, root: str, split: str, out: str, options=None) -> str:
     return examples.write_index(out, items, split, root=adapters.image_root(adapter, root))
 
 
-def main(argv):
-    del argv
+def main(argv=None) -> int:
     try:
-        path = build(FLAGS.adapter, FLAGS.root, FLAGS.split, FLAGS.out, parse_options(FLAGS.option))
+        args, _ = _cli.parse(define_flags, argv, 'make_index', required=('adapter', 'root', 'out'))
+        path = build(args.adapter, args.root, args.split, args.out, parse_options(args.option))
     except (ValueError, KeyError, OSError) as e:
         print(f'make_index: error: {e}', file=sys.stderr)
         return 2
@@ -59,4 +61,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    app.run(main)
+    _cli.run(main, 'make_index')

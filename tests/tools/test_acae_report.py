@@ -19,7 +19,7 @@ FRAME_TOLERANCE_MM = 0.01  # float32 rounding of poses a few metres from the cam
 def quick_run(tmp_path_factory):
     """The quick report on procedural motion (9 fits in 2 worker processes)."""
     out = tmp_path_factory.mktemp('acae_quick')
-    code = ar.main(['--quick', '--mocap-dir', 'procedural', '--out', str(out), '--quiet',
+    code = ar.main(['--preset=smoke', '--mocap-dir', 'procedural', '--out', str(out), '--quiet',
                     '--workers', '2'])
     assert code == 0
     return out, json.loads((out / 'report.json').read_text())
@@ -83,7 +83,7 @@ def test_split_is_subject_wise_and_reconstruction_is_frame_independent(quick_run
 def test_saved_weights_reproduce_the_reported_error_and_files_exist(quick_run):
     out, report = quick_run
     layer = load_acae(out / 'acae_L32_l1_0.1.npz', expected_joint_names=SPACE.names)
-    config = ar.PRESETS['quick']
+    config = ar.PRESETS['smoke']
     clips = ar.load_clips(None, config)
     _, held = mocap.split_by_subject(clips, test_fraction=config.test_fraction, seed=config.seed)
     assert sorted({c.subject for c in held}) == report['split']['held_out_subjects']
@@ -191,14 +191,14 @@ def test_config_and_cli_errors(tmp_path, capsys):
     with pytest.raises(ValueError, match='test_fraction must be in'):
         ar.ReportConfig(test_fraction=1.5)
     with pytest.raises(ValueError, match='workers must be a positive int; got 0'):
-        ar.fit_grid(np.zeros((4, 77, 3)), SPACE, ar.PRESETS['quick'], workers=0)
+        ar.fit_grid(np.zeros((4, 77, 3)), SPACE, ar.PRESETS['smoke'], workers=0)
     missing = str(tmp_path / 'nowhere')
     assert ar.main(['--out', str(tmp_path), '--mocap-dir', missing, '--quiet']) == 2
     assert 'nowhere' in capsys.readouterr().err
     assert ar.main(['--out', str(tmp_path), '--mocap-dir', 'procedural', '--l1', '1,0',
                     '--quiet']) == 2
     assert 'strictly ascending' in capsys.readouterr().err
-    config = ar.config_from_args(ar.parse_args(['--out', 'x', '--quick', '--latents', '8,12',
+    config = ar.config_from_args(ar.parse_args(['--out', 'x', '--preset=smoke', '--latents', '8,12',
                                                 '--steps', '5']))
     assert config.latents == (8, 12) and config.steps == 5 and config.procedural_subjects == 4
     assert not pathlib.Path(tmp_path / 'report.json').exists()
