@@ -60,9 +60,20 @@ USER_ERRORS = (ValueError, KeyError, FileNotFoundError, NotADirectoryError, IsAD
 """Exceptions that mean "the input or the command is wrong": reported in one line (no traceback)."""
 
 
-def define_common_flags(default_out: str, mocap: bool = True, test_mocap: bool = True):
-    """Defines --preset, --out, --seed, --set, --debug and (when the experiment uses them) --mocap-dir and
-    --test-mocap-dir in absl.flags."""
+STRATEGIES = ('default', 'mirrored', 'multi_worker')
+"""``--strategy``: one device; every local GPU (or ``--replicas`` logical CPU devices) of one machine; several
+processes or machines described by the standard ``TF_CONFIG`` environment variable."""
+
+
+def define_common_flags(default_out: str, mocap: bool = True, test_mocap: bool = True, strategy: bool = True):
+    """Defines --preset, --out, --seed, --set, --debug and (when the experiment uses them) --mocap-dir,
+    --test-mocap-dir, --strategy and --replicas in absl.flags."""
+    if strategy:
+        flags.DEFINE_enum('strategy', 'default', list(STRATEGIES),
+                          'tf.distribute strategy: default (one device), mirrored (all GPUs of this machine, or '
+                          '--replicas logical CPU devices), multi_worker (the processes/machines of TF_CONFIG).')
+        flags.DEFINE_integer('replicas', 0, 'mirrored on a machine without GPUs: split the CPU into this many '
+                             'logical devices (0: one replica per GPU, or the CPU).', lower_bound=0)
     flags.DEFINE_enum('preset', 'default', list(PRESET_NAMES), 'Configuration preset.')
     flags.DEFINE_string('out', default_out, 'Output directory for results, checkpoints, plots.')
     if mocap:
@@ -176,18 +187,96 @@ def folder_fingerprint(folder: Optional[str]) -> Optional[Dict[str, Any]]:
 
 @contextlib.contextmanager
 def run_directory(out, experiment: str, config, seeds: Sequence[int], data: Optional[Mapping] = None,
-                  ignore: Sequence[str] = RUN_IGNORE):
+                  ignore: Sequence[str] = RUN_IGNORE, chief: bool = True):
     """The experiments' guard of ``--out``: writable (checked first), one writer
     (:class:`posekit.train.rundir.RunLock`), and one run: the resolved config, seeds and data fingerprints are
     recorded in ``run.json`` and a later run in the folder must match them except for ``ignore`` keys
-    (:func:`posekit.train.rundir.start_run`, ConfigMismatchError listing the keys)."""
+    (:func:`posekit.train.rundir.start_run`, ConfigMismatchError listing the keys). A non-``chief`` worker of a
+    multi-worker run only checks that it can write to ``out`` (its own scratch folder)."""
     from posekit.train import rundir
     check_writable(out)
+    if not chief:  # a non-chief worker neither locks nor records: the chief does
+        yield
+        return
     with rundir.RunLock(out, description=f'{experiment} ' + ' '.join(sys.argv[1:])):
         identity = dict(experiment=experiment, seeds=[int(s) for s in seeds],
                         config=dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config))
         rundir.start_run(out, identity, data=dict(data or {}), ignore=[f'config.{k}' for k in ignore])
         yield
+
+
+# ----------------------------------------------------------------------------------------------
+# tf.distribute
+# ----------------------------------------------------------------------------------------------
+
+def tf_config_task() -> Optional[Dict[str, Any]]:
+    """``{'type', 'index', 'cluster'}`` of the ``TF_CONFIG`` environment variable, or None when it is unset.
+
+    Read without TensorFlow (the data can be prepared before TensorFlow starts). ValueError naming the variable
+    when it is not the standard JSON ``{"cluster": {...}, "task": {"type": ..., "index": ...}}``.
+    """
+    text = os.environ.get('TF_CONFIG')
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+        task, cluster = value['task'], value['cluster']
+        return dict(type=str(task['type']), index=int(task['index']), cluster=dict(cluster))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f'TF_CONFIG must be JSON {{"cluster": {{...}}, "task": {{"type": ..., "index": ...}}}}; '
+                         f'got {text!r} ({e})') from None
+
+
+def is_chief_process(strategy_name: str) -> bool:
+    """Whether this process writes the run's files: always, except a non-chief worker of ``multi_worker`` (the
+    chief is task 'chief', or worker 0 when the cluster has no chief, as in tf.distribute)."""
+    if strategy_name != 'multi_worker':
+        return True
+    task = tf_config_task()
+    if task is None:
+        raise ValueError('--strategy=multi_worker needs the TF_CONFIG environment variable (see the README, '
+                         '"Training on several GPUs or machines")')
+    return task['type'] == 'chief' or (task['type'] == 'worker' and task['index'] == 0
+                                       and 'chief' not in task['cluster'])
+
+
+def worker_scratch(out: str, strategy_name: str) -> str:
+    """Where this process writes: ``out`` for the chief; for another worker a folder of its own outside ``out``
+    (only the chief's files are in ``--out``; workers read the chief's checkpoints from ``out``)."""
+    if is_chief_process(strategy_name):
+        return out
+    import hashlib
+    task = tf_config_task()
+    digest = hashlib.sha256(os.path.abspath(out).encode()).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), f'posekit-{task["type"]}{task["index"]}-{digest}')
+
+
+def make_strategy(name: str, replicas: int = 0):
+    """The tf.distribute strategy ``name`` (:data:`STRATEGIES`); call after the data is prepared (rendering forks
+    worker processes) and before any model is built.
+
+    ``mirrored``: every GPU of the machine, or, without GPUs and with ``replicas`` > 1, that many logical CPU
+    devices (to test data parallelism on a CPU). ``multi_worker``: ``MultiWorkerMirroredStrategy`` over the
+    cluster of ``TF_CONFIG``.
+    """
+    import tensorflow as tf
+    if name not in STRATEGIES:
+        raise ValueError(f'--strategy must be one of {STRATEGIES}, got {name!r}')
+    if name == 'default':
+        return tf.distribute.get_strategy()
+    if name == 'multi_worker':
+        is_chief_process(name)  # checks TF_CONFIG
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_physical_devices('GPU')
+    if gpus or replicas <= 1:
+        return tf.distribute.MirroredStrategy()
+    cpu = tf.config.list_physical_devices('CPU')[0]
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+    except RuntimeError as e:
+        raise ValueError(f'--replicas {replicas}: TensorFlow was initialised before the logical CPU devices could '
+                         f'be made ({e})') from None
+    return tf.distribute.MirroredStrategy([f'/cpu:{i}' for i in range(replicas)])
 
 
 # ----------------------------------------------------------------------------------------------

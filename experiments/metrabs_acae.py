@@ -65,6 +65,7 @@ MM_PER_M = 1000.0
 STAGE_SEED_OFFSET = 1000
 """Stage 2 draws its per-example random numbers from seed + this (stage 1 from seed)."""
 SPLIT_VAL, SPLIT_TEST = 'val', 'test'
+STOP_POINTS = ('', 'stage1')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,11 +96,18 @@ class Config:
     Model:
       backbone, backbone_width, backbone_depth: ``build_backbone`` name and multipliers (None: the
         backbone's own).
-      ghost_batch_size: examples per ghost batch of Ghost BN; 0 = one group per batch part (3D, 2D).
+      ghost_batch_size: examples per ghost batch of Ghost BN; 0 = one group per batch part (3D, 2D) of each
+        batch split.
+      batch_splits: the batch is arranged as this many chunks of the same composition (``pipeline.replica_order``),
+        one per replica of the tf.distribute strategy; Ghost BN groups and the loss are per chunk. 0 = the number
+        of replicas (1 without ``--strategy``). A single-process run with ``batch_splits=R`` trains on the same
+        batches, groups and losses as an R-replica run.
       depth_bins: depth bins of the 3D heatmaps; max_norm: max-norm limit of every kernel.
       precision: training-loop precision ('auto', 'float32', 'mixed_bfloat16', 'mixed_float16'); 'auto' is
         resolved by the precision module's rules (:func:`resolve_precision`).
       jit_compile: XLA-compile the training step.
+      deterministic: ``tf.config.experimental.enable_op_determinism()`` before training (bit-identical
+        runs for a seed; see the README for what it costs).
     Stage 1:
       stage1_steps, base_learning_rate, weight_decay (AdamW, decoupled), abs_loss_start_step (the absolute
       loss is on for steps > this).
@@ -116,6 +124,8 @@ class Config:
       bn_inference_steps: final steps with BatchNorm in inference mode (counted on top).
     Bookkeeping:
       eval_batch, log_every, checkpoint_every, export.
+      stop_after: '' (every stage) or 'stage1' (train stage 1, write results.json with the training summary and
+        stop: to test distribution and resumption quickly).
     """
 
     datasets: Tuple[str, ...] = ()
@@ -136,10 +146,12 @@ class Config:
     backbone_width: Optional[float] = None
     backbone_depth: Optional[float] = None
     ghost_batch_size: int = 0
+    batch_splits: int = 0
     depth_bins: int = 8
     max_norm: float = 20.0
     precision: str = 'auto'
     jit_compile: bool = False
+    deterministic: bool = True
     stage1_steps: int = 3000
     base_learning_rate: float = 1e-2
     weight_decay: float = 1e-4
@@ -161,6 +173,7 @@ class Config:
     log_every: int = 50
     checkpoint_every: int = 500
     export: bool = True
+    stop_after: str = ''
 
     def __post_init__(self):
         for name in ('n_train', 'n_val', 'crop_size', 'batch_3d', 'depth_bins', 'stage1_steps',
@@ -169,7 +182,7 @@ class Config:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f'{name} must be an int >= 1, received {name}={value!r}')
-        for name in ('n_test', 'batch_2d', 'ghost_batch_size', 'bn_inference_steps', 'data_seed'):
+        for name in ('n_test', 'batch_2d', 'ghost_batch_size', 'bn_inference_steps', 'data_seed', 'batch_splits'):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f'{name} must be an int >= 0, received {name}={value!r}')
@@ -181,6 +194,8 @@ class Config:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not value >= 0:
                 raise ValueError(f'{name} must be a number >= 0, received {name}={value!r}')
+        if self.stop_after not in STOP_POINTS:
+            raise ValueError(f'stop_after must be one of {STOP_POINTS}, received stop_after={self.stop_after!r}')
         if self.precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {PRECISIONS}, received precision={self.precision!r}')
         variants = tuple(self.variants)
@@ -421,9 +436,22 @@ def joint_space(config: Optional[Config] = None, index_skeletons: Optional[Mappi
 # Model
 # ----------------------------------------------------------------------------------------------
 
+def ghost_groups(config: Config, replicas: int = 1):
+    """Ghost BN groups of one replica's batch when ``ghost_batch_size`` is 0: the 3D and the 2D part of each of
+    the ``batch_splits / replicas`` chunks it holds (``batch_splits`` 0 means ``replicas``)."""
+    splits = config.batch_splits or replicas
+    if splits % replicas:
+        raise ValueError(f'batch_splits={config.batch_splits} must be a multiple of the {replicas} replicas')
+    parts = [n // splits for n in (config.batch_3d, config.batch_2d) if n]
+    return parts * (splits // replicas)
+
+
 def build_backbone(config: Config):
+    """The backbone (call inside the strategy's scope: the Ghost BN groups are those of one replica)."""
+    import tensorflow as tf
     from posekit.models import backbones
-    groups = None if config.ghost_batch_size else [n for n in (config.batch_3d, config.batch_2d) if n]
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    groups = None if config.ghost_batch_size else ghost_groups(config, replicas)
     weights = config.backbone_weights or None
     if weights not in (None, 'imagenet') and not os.path.isfile(weights):
         raise FileNotFoundError(f'--backbone-weights {weights!r} is not a file (a Keras weights file of the '
@@ -543,7 +571,13 @@ def make_loss_fn(config: Config, space, seed: int, stage: int = 1, variant: str 
     def loss_fn(model, batch, step, training):
         images = pipeline.to_unit_range(batch['image'])
         seed_pair = tf.stack([tf.constant(mix_seed, tf.int64), tf.cast(step, tf.int64)])
-        mix = tf.random.stateless_uniform(tf.shape(images)[:1], seed=seed_pair)
+        # One draw for the global batch, this replica's slice of it: the same numbers as one process.
+        context = tf.distribute.get_replica_context()
+        replicas = context.num_replicas_in_sync if context is not None else 1
+        replica = context.replica_id_in_sync_group if context is not None else 0
+        local = tf.shape(images)[0]
+        mix = tf.random.stateless_uniform([local * replicas], seed=seed_pair)
+        mix = mix[tf.cast(replica, tf.int32) * local:][:local]
         pred = model(images, batch['intrinsics'], training=training, mix_3d_in_view=mix)
         if variant == 'hybrid':
             loss, parts = supervised(pred, batch, step, 'direct_coords3d_abs')
@@ -578,48 +612,70 @@ def train_config(config: Config, steps: int, seed: int, bn_inference_steps: int 
     from posekit.train import loop
     return loop.TrainConfig(total_steps=steps, precision=config.precision, checkpoint_every=config.checkpoint_every,
                             keep_last=2, log_every=config.log_every, bn_inference_steps=bn_inference_steps,
-                            jit_compile=config.jit_compile, seed=seed, progress=True)
+                            jit_compile=config.jit_compile, deterministic=config.deterministic, seed=seed,
+                            progress=True)
 
 
 def make_dataset_fn(config: Config, streams, space, seed: int):
     """``dataset_fn(start_step)`` of the multi-dataset training batches (augmented, own-format masked)."""
     from posekit.data import pipeline
     from posekit.data.augment import AugmentConfig
+    import tensorflow as tf
     augment = AugmentConfig() if config.augment else None
     comp = composition(config)
+    splits = config.batch_splits or 1  # resolved from the strategy by run_experiment
+    order = tf.constant(pipeline.replica_order(comp, splits)) if splits > 1 else None
 
     def dataset_fn(start_step):
-        return pipeline.interleave_by_composition(streams, comp, seed=seed, start_step=start_step, augment=augment,
-                                                  mirror=space.mirror, mask_to_own_format=True)
+        batches = pipeline.interleave_by_composition(streams, comp, seed=seed, start_step=start_step,
+                                                     augment=augment, mirror=space.mirror, mask_to_own_format=True)
+        if order is None:
+            return batches
+        return batches.map(lambda batch: {k: tf.gather(v, order) for k, v in batch.items()},
+                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset_fn
 
 
-def run_stage1(config: Config, space, streams, out: str, seed: int, resume: bool, log):
-    """Trains (or restores) stage 1; returns (model, TrainResult)."""
+def run_stage1(config: Config, space, streams, out: str, seed: int, resume: bool, log, strategy=None):
+    """Trains (or restores) stage 1 under ``strategy`` (None: the default); returns (model, TrainResult)."""
+    import tensorflow as tf
     from posekit.train import loop, schedules
     from posekit.train.precision import policy_scope
     import keras
+    strategy = strategy or tf.distribute.get_strategy()
     keras.utils.set_random_seed(seed)
-    with policy_scope(config.precision):
+    with strategy.scope(), policy_scope(config.precision):
         model = build_model(config, space)
         optimizer = _optimizer(schedules.MetrabsSchedule(config.stage1_steps, base=config.base_learning_rate), config)
+    if strategy is not tf.distribute.get_strategy():
+        # Keras initializers draw other numbers inside a strategy's scope: start from the weights a
+        # one-process run with this seed starts from (every worker computes the same ones).
+        keras.utils.set_random_seed(seed)
+        with policy_scope(config.precision):
+            reference = build_model(config, space)
+        with strategy.scope():  # every variable, the dropout seed-generator states included
+            for variable, value in zip(model.variables, reference.variables):
+                variable.assign(value)
     log(f'stage 1: {loop.count_params(model, trainable_only=True)} trainable parameters, '
         f'{config.stage1_steps} steps of batch {config.batch_size} {composition(config)}')
     result = loop.train(model, make_loss_fn(config, space, seed, stage=1),
                         make_dataset_fn(config, streams, space, seed), optimizer,
                         train_config(config, config.stage1_steps, seed), out_dir=os.path.join(out, 'stage1'),
-                        resume=resume)
+                        strategy=strategy, resume=resume)
     return model, result
 
 
 def run_stage2(config: Config, variant: str, space, streams, stage1_model, acae, out: str, seed: int,
-               resume: bool, log):
-    """Fine-tunes a copy of the stage-1 weights with ``variant``; returns (model, TrainResult)."""
+               resume: bool, log, strategy=None):
+    """Fine-tunes a copy of the stage-1 weights with ``variant`` under ``strategy``; returns (model,
+    TrainResult)."""
     import keras
+    import tensorflow as tf
     from posekit.train import loop, schedules
     from posekit.train.precision import policy_scope
+    strategy = strategy or tf.distribute.get_strategy()
     keras.utils.set_random_seed(seed + STAGE_SEED_OFFSET)
-    with policy_scope(config.precision):
+    with strategy.scope(), policy_scope(config.precision):
         backbone = build_backbone(config)
         backbone.set_weights(stage1_model.backbone.get_weights())
         head_mode = {'latent': 'latent', 'hybrid': 'hybrid'}.get(variant, 'separate')
@@ -643,7 +699,7 @@ def run_stage2(config: Config, variant: str, space, streams, stage1_model, acae,
     result = loop.train(model, make_loss_fn(config, space, seed, stage=2, variant=variant, acae=acae),
                         make_dataset_fn(config, streams, space, seed + STAGE_SEED_OFFSET), optimizers,
                         train_config(config, steps, seed + STAGE_SEED_OFFSET, config.bn_inference_steps),
-                        out_dir=os.path.join(out, f'stage2_{variant}'), resume=resume)
+                        out_dir=os.path.join(out, f'stage2_{variant}'), strategy=strategy, resume=resume)
     return model, result
 
 
@@ -692,25 +748,41 @@ def _has_checkpoints(out: str) -> bool:
 
 def run_experiment(config: Config, out: str, seed: int = 0, mocap_dir: Optional[str] = None,
                    test_mocap_dir: Optional[str] = None, resume: bool = False,
-                   log: Callable[[str], None] = print, preset: str = 'default') -> Dict:
+                   log: Callable[[str], None] = print, preset: str = 'default', strategy: str = 'default',
+                   replicas: int = 0) -> Dict:
     """Runs every stage (module docstring); writes results.json (the schema of :mod:`experiments.common`),
-    results.md and saved_model/. Returns the results.json record."""
-    common.check_writable(out)
+    results.md and saved_model/. Returns the results.json record.
+
+    ``strategy`` (``common.STRATEGIES``) and ``replicas``: see ``common.make_strategy``. With ``multi_worker``
+    every process of ``TF_CONFIG`` runs this function; all read the training checkpoints in ``out`` (a folder
+    they share), only the chief writes there; the other workers prepare their data and artefacts in a scratch
+    folder of their own (``common.worker_scratch``), train, and return ``{}`` after the last training stage.
+    """
+    chief = common.is_chief_process(strategy)
+    local = common.worker_scratch(out, strategy)
     data = dict(mocap=common.folder_fingerprint(mocap_dir), test_mocap=common.folder_fingerprint(test_mocap_dir))
-    with common.run_directory(out, EXPERIMENT, config, [seed], data):
-        if _has_checkpoints(out) and not resume:
+    with common.run_directory(local, EXPERIMENT, config, [seed], data, chief=chief):
+        if chief and _has_checkpoints(out) and not resume:
             raise ValueError(f'--out {out!r} already holds checkpoints of a run; pass --resume to continue it '
                              'or choose a new --out')
-        return _run_experiment(config, out, seed, mocap_dir, test_mocap_dir, resume, log, preset)
+        return _run_experiment(config, out, seed, mocap_dir, test_mocap_dir, resume, log, preset,
+                               strategy, replicas, local, chief)
 
 
 def _run_experiment(config: Config, out: str, seed: int, mocap_dir: Optional[str], test_mocap_dir: Optional[str],
-                    resume: bool, log: Callable[[str], None], preset: str) -> Dict:
+                    resume: bool, log: Callable[[str], None], preset: str, strategy_name: str = 'default',
+                    replicas: int = 0, local: Optional[str] = None, chief: bool = True) -> Dict:
     clock = common.PhaseClock()
-    data_dir = config.data_dir or os.path.join(out, 'data')
+    local = local or out  # this process's files (the chief's: out)
+    data_dir = config.data_dir or os.path.join(local, 'data')
     with clock.phase('data'):
         paths = prepare_data(config, data_dir, mocap_dir, test_mocap_dir, log)  # before TensorFlow starts
         indices = full_image_indices(config, data_dir, log)
+    strategy = common.make_strategy(strategy_name, replicas)  # before any TensorFlow op runs
+    config = dataclasses.replace(config, batch_splits=config.batch_splits or strategy.num_replicas_in_sync)
+    if strategy.num_replicas_in_sync > 1:
+        log(f'{strategy_name} strategy: {strategy.num_replicas_in_sync} replicas, global batch '
+            f'{config.batch_size} in {config.batch_splits} chunks of the same composition')
 
     from experiments import metrabs_acae_eval as evaluation
     from posekit.data import examples, full_image, pipeline
@@ -726,6 +798,7 @@ def _run_experiment(config: Config, out: str, seed: int, mocap_dir: Optional[str
         else:
             kinds[entry.name] = '3d' if np.any(sources[entry.name].field('is_3d')) else '2d'
     config = resolve_composition(config, kinds)
+    pipeline.replica_order(composition(config), config.batch_splits)  # ValueError unless every count divides
     splits = eval_splits(mocap_dir, test_mocap_dir) if paths else {}
 
     def widened(source):
@@ -740,16 +813,23 @@ def _run_experiment(config: Config, out: str, seed: int, mocap_dir: Optional[str
             streams[name] = widened(synthetic[name])
         else:
             streams[name] = full_image.FullImageStream(sources[name], space, sources[name].skeleton, config.crop_size)
-    with clock.phase('precision'):  # decided once per --out: a resumed run keeps its policy
-        precision_path = os.path.join(out, 'precision.json')
+    with clock.phase('precision'):  # decided once per --out: a resumed or repeated run keeps its policy
+        precision_path = os.path.join(local, 'precision.json')
         saved = None
-        if resume and os.path.isfile(precision_path):
+        if os.path.isfile(precision_path):
             with open(precision_path, encoding='utf-8') as f:
                 saved = json.load(f)
         if saved is not None and saved.get('requested') == config.precision:
             policy = saved['policy']
+            log(f"precision {config.precision!r} -> {policy} (recorded in {precision_path})")
+        elif config.precision == 'auto' and strategy_name != 'default':
+            # Timings differ between workers: every replica must choose the same policy without measuring.
+            from posekit.train import precision
+            policy = precision.resolve_policy('auto')
+            log(f"precision 'auto' -> {policy} (device rule; no timing under --strategy={strategy_name})")
         else:
             policy = resolve_precision(config, space, streams, seed, log)
+        if saved is None or saved.get('requested') != config.precision:
             common.write_json(precision_path, dict(requested=config.precision, policy=policy))
         config = dataclasses.replace(config, precision=policy)
     eval_sources = {split: {name: pipeline.stream_from_shards(p[split]) for name, p in paths.items()}
@@ -757,25 +837,34 @@ def _run_experiment(config: Config, out: str, seed: int, mocap_dir: Optional[str
     motion = next(iter(synthetic.values())).metadata['motion_source'] if synthetic else 'none (full images only)'
 
     with clock.phase('stage1'):
-        stage1_model, stage1_result = run_stage1(config, space, streams, out, seed, resume, log)
+        stage1_model, stage1_result = run_stage1(config, space, streams, out, seed, resume, log, strategy)
+    if config.stop_after == 'stage1':
+        return _stop_after_stage1(config, local, seed, preset, stage1_result, clock, chief, log)
+    predictions = {}
     with clock.phase('predict'):
         predict = evaluation.make_predict_fn(stage1_model, config.crop_size)
-        predictions = {'stage1': evaluation.predict_splits(stage1_model, eval_sources, config,
-                                                           os.path.join(out, 'stage1'), predict)}
+        if chief:
+            predictions['stage1'] = evaluation.predict_splits(stage1_model, eval_sources, config,
+                                                              os.path.join(local, 'stage1'), predict)
     with clock.phase('pseudo_gt'):
-        pseudo_gt = evaluation.pseudo_ground_truth(stage1_model, streams, config, os.path.join(out, 'pseudo_gt.npz'),
-                                                   predict)
+        pseudo_gt = evaluation.pseudo_ground_truth(stage1_model, streams, config,
+                                                   os.path.join(local, 'pseudo_gt.npz'), predict)
     with clock.phase('acae'):
-        acae, acae_info = fit_or_load_acae(config, space, pseudo_gt, out, seed, log)
+        acae, acae_info = fit_or_load_acae(config, space, pseudo_gt, local, seed, log)
 
     stage2 = {}
     for variant in config.variants:
         with clock.phase(f'stage2_{variant}'):
-            model, result = run_stage2(config, variant, space, streams, stage1_model, acae, out, seed, resume, log)
-        with clock.phase('predict'):
-            predictions[variant] = evaluation.predict_splits(model, eval_sources, config,
-                                                             os.path.join(out, f'stage2_{variant}'))
+            model, result = run_stage2(config, variant, space, streams, stage1_model, acae, out, seed, resume, log,
+                                       strategy)
+        if chief:
+            with clock.phase('predict'):
+                predictions[variant] = evaluation.predict_splits(model, eval_sources, config,
+                                                                 os.path.join(local, f'stage2_{variant}'))
         stage2[variant] = dict(model=model, result=result)
+    if not chief:  # the chief evaluates, exports and writes the results
+        log('training done; the chief evaluates and writes the results')
+        return {}
 
     with clock.phase('evaluation'):
         if splits:  # the synthetic datasets' evaluation sets (all formats of DEFAULT_FORMATS labelled)
@@ -805,10 +894,21 @@ def _run_experiment(config: Config, out: str, seed: int, mocap_dir: Optional[str
     return record
 
 
+def _stop_after_stage1(config: Config, out: str, seed: int, preset: str, result, clock, chief: bool, log) -> Dict:
+    """``stop_after='stage1'``: results.json with the stage-1 training summary only (chief)."""
+    if not chief:
+        return {}
+    record = common.write_results(out, EXPERIMENT, preset, config, [seed], {}, [],
+                                  dict(training={'stage1': _training_summary(result)}, stopped_after='stage1'),
+                                  clock)
+    log(f'stopped after stage 1 (stop_after=stage1); wrote {out}/results.json')
+    return record
+
+
 def _training_summary(result) -> Dict:
     history = result.history
     last = {k: v[-1] for k, v in history.items() if v}
-    return dict(steps=result.final_step, steps_per_s=result.steps_per_s, wall_time_s=round(result.wall_time_s, 1),
+    return dict(steps=result.final_step, start_step=result.start_step, steps_per_s=result.steps_per_s, wall_time_s=round(result.wall_time_s, 1),
                 policy=result.policy, final=last)
 
 
@@ -875,9 +975,11 @@ def main(argv):
     record = run_experiment(config, FLAGS.out, seed=FLAGS.seed,
                             mocap_dir=common.resolve_mocap_dir(FLAGS['mocap-dir'].value),
                             test_mocap_dir=common.test_mocap_dir(FLAGS['test-mocap-dir'].value),
-                            resume=FLAGS.resume, log=common.stderr_log, preset=FLAGS.preset)
+                            resume=FLAGS.resume, log=common.stderr_log, preset=FLAGS.preset,
+                            strategy=FLAGS.strategy, replicas=FLAGS.replicas)
     from experiments import metrabs_acae_eval as evaluation
-    print(evaluation.summary_table(record))
+    if record and record['results']:
+        print(evaluation.summary_table(record))
 
 
 if __name__ == '__main__':

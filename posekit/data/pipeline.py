@@ -104,6 +104,37 @@ TABLE_S1_2D = ('coco', 'mpii', 'posetrack', 'jrdb')
 """The weakly supervised (2D-only) datasets of Table S1."""
 
 
+def replica_order(composition: Mapping[str, int], splits: int) -> np.ndarray:
+    """The order that turns a fixed-composition batch into ``splits`` equal chunks of the same composition.
+
+    A batch of :func:`interleave_by_composition` holds each dataset's examples as one block (in
+    ``composition`` order). ``tf.distribute`` gives replica r the r-th consecutive chunk of the global batch,
+    so data-parallel training needs every chunk to hold ``count / splits`` examples of every dataset: then
+    each replica's mean loss and its Ghost-BN groups are those of the same composition, and the mean over
+    replicas equals the single-process loss of the same batch arranged this way.
+
+    Args:
+      composition: dict dataset name -> examples per batch (every count divisible by ``splits``).
+      splits: positive int, the number of chunks (replicas).
+
+    Returns:
+      int64 [B] permutation: ``batch[order]`` is chunk 0 (block 0's first count/splits examples, block 1's
+      first ...), then chunk 1, ... ``splits=1`` gives the identity.
+    """
+    if isinstance(splits, bool) or not isinstance(splits, (int, np.integer)) or splits < 1:
+        raise ValueError(f'splits must be an int >= 1, got {splits!r}')
+    counts = [int(c) for c in composition.values()]
+    uneven = {name: c for name, c in composition.items() if int(c) % splits}
+    if uneven:
+        raise ValueError(f'every count of the composition must be divisible by the {splits} replicas (batch '
+                         f'splits); these are not: {uneven} (choose batch_3d/batch_2d or --composition counts '
+                         'that are multiples of the number of replicas)')
+    starts = np.cumsum([0] + counts[:-1])
+    order = [start + r * (count // splits) + np.arange(count // splits)
+             for r in range(splits) for start, count in zip(starts, counts)]
+    return np.concatenate(order).astype(np.int64) if order else np.zeros([0], np.int64)
+
+
 def _largest_remainder(weights: Sequence[float], total: int) -> List[int]:
     """Integer counts proportional to ``weights`` summing to ``total``, each at least 1."""
     weights = np.asarray(weights, np.float64)

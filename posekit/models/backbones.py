@@ -7,6 +7,8 @@ with two substitutions, copying every weight across:
 - every ``BatchNormalization`` becomes a :class:`posekit.layers.GhostBatchNormalization` (statistics per
   ghost batch of ``ghost_batch_size`` examples, or per group of the batch given by ``ghost_groups``, e.g.
   the 3D- and the 2D-labelled parts), keeping the layer's name, momentum and epsilon;
+- every ``Dropout`` (EfficientNetV2's stochastic depth) becomes a :class:`posekit.layers.GlobalBatchDropout`
+  (the same mask for a data-parallel batch as for one process);
 - every convolution kernel gets a ``keras.constraints.MaxNorm(max_norm)`` constraint: the L2 norm over
   the kernel's spatial and input axes is at most ``max_norm``, i.e. per output channel for a Conv2D
   kernel ``[kh, kw, in, out]`` (axes 0, 1, 2) and per channel for a depthwise kernel
@@ -121,6 +123,7 @@ def build_backbone(name: str = DEFAULT_BACKBONE, input_shape=DEFAULT_INPUT_SHAPE
         source = keras.Model(source.inputs, source.get_layer(_stride16_cut(source, base)).output)
 
     from posekit.layers.ghost_bn import GhostBatchNormalization
+    from posekit.layers.global_dropout import GlobalBatchDropout
 
     def clone(layer):
         config = layer.get_config()
@@ -131,6 +134,8 @@ def build_backbone(name: str = DEFAULT_BACKBONE, input_shape=DEFAULT_INPUT_SHAPE
                 virtual_batch_size=ghost_batch_size, groups=ghost_groups, momentum=layer.momentum,
                 epsilon=layer.epsilon, center=layer.center, scale=layer.scale, name=layer.name,
                 dtype=config.get('dtype'))
+        if type(layer) is keras.layers.Dropout:  # stochastic depth: one mask for a data-parallel batch
+            return GlobalBatchDropout.from_config(config)
         if max_norm is not None and isinstance(layer, keras.layers.DepthwiseConv2D):
             config['depthwise_constraint'] = keras.constraints.MaxNorm(max_norm, axis=[0, 1])
         elif max_norm is not None and isinstance(layer, keras.layers.Conv2D):

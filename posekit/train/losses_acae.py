@@ -36,11 +36,10 @@ def _check_joints(name, x, n, axis_name='joints'):
 
 
 def _masked_mean(per_point, valid):
-    """Mean of [B, P] values over the points with valid [B, P] (all if None)."""
-    if valid is None:
-        return tf.reduce_mean(per_point)
-    v = tf.cast(valid, tf.float32)
-    return tf.reduce_sum(per_point * v) / tf.maximum(tf.reduce_sum(v), 1.0)
+    """Mean of [B, P] values over the points with valid [B, P] (all if None; 0 if none is valid), global over
+    the replicas of a tf.distribute step (:func:`posekit.train.losses_metrabs.masked_mean`)."""
+    from posekit.train.losses_metrabs import masked_mean
+    return masked_mean(per_point, valid)
 
 
 def reconstruct(points, acae) -> tf.Tensor:

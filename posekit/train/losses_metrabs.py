@@ -60,12 +60,25 @@ MIN_PRED_DEPTH_MM = 1.0
 
 
 def masked_mean(values, mask=None):
-    """Mean of ``values`` [...] over the entries where ``mask`` (broadcast to values) is True; 0 if none."""
+    """Mean of ``values`` [...] over the entries where ``mask`` (broadcast to values) is True; 0 if none.
+
+    Data parallel: called in the replica context of a tf.distribute strategy with R > 1 replicas, the number
+    of masked entries is summed over the replicas (an all-reduce) and the result is ``R * local sum / global
+    count``. The training loop divides each replica's loss by R and sums the gradients, so the update is that
+    of the mean over the global batch even when replicas hold different numbers of valid entries (a local
+    mean would weight them equally instead). Outside a replica context, or with one replica: the plain mean.
+    """
     values = tf.cast(values, tf.float32)
-    if mask is None:
-        return tf.reduce_mean(values)
-    weights = tf.broadcast_to(tf.cast(mask, tf.float32), tf.shape(values))
-    return tf.math.divide_no_nan(tf.reduce_sum(values * weights), tf.reduce_sum(weights))
+    weights = (tf.ones_like(values) if mask is None
+               else tf.broadcast_to(tf.cast(mask, tf.float32), tf.shape(values)))
+    total = tf.reduce_sum(values * weights)
+    count = tf.stop_gradient(tf.reduce_sum(weights))
+    context = tf.distribute.get_replica_context()
+    replicas = context.num_replicas_in_sync if context is not None else 1
+    if replicas > 1:
+        count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
+        return tf.math.divide_no_nan(total, count) * float(replicas)
+    return tf.math.divide_no_nan(total, count)
 
 
 def _joint_mask(mask, values):
