@@ -75,7 +75,11 @@ silently truncate a numpy float image in [0, 1] to zeros, an image whose pixels 
 rejected when it has boxes (such an image is black: there is no pose to estimate). An unknown
 skeleton, non-finite or malformed intrinsics, non-finite boxes or boxes without positive width and
 height, an empty image, ``num_aug < 1`` or a batch whose boxes do not have one row per image raise
-``InvalidArgumentError`` with a message naming the argument.
+``InvalidArgumentError`` with a message naming the argument. So do implausible inputs: boxes that do not
+overlap the image, box sides below ``MIN_BOX_SIDE_PX`` or above ``MAX_BOX_SIDE_PER_IMAGE_SIDE`` times the
+larger image side, and focal lengths outside ``FOCAL_RANGE_PER_IMAGE_SIDE`` times the larger image side.
+A numpy integer image with values above 255 is wrapped by TensorFlow's conversion to the uint8 signature
+before the function runs and cannot be detected (README, "Using an exported model").
 
 Method (MeTRAbs test time)
 --------------------------
@@ -126,6 +130,15 @@ DEFAULT_DETECTOR_THRESHOLD = 0.3
 PIXEL_MAX = 255.0
 #: Tolerance on the fixed entries (0, 0, 1 and the lower triangle) of an intrinsic matrix.
 INTRINSICS_TOLERANCE = 1e-6
+#: Plausible focal lengths, in units of the image's larger side: 0.05 to 100 (a field of view of about 168
+#: down to 0.6 degrees); outside, ``intrinsic_matrix`` is refused (a focal length of 1e-3 px gives depths of
+#: 1e12 mm).
+FOCAL_RANGE_PER_IMAGE_SIDE = (0.05, 100.0)
+#: Smallest box side (px) the model estimates a pose for: smaller boxes are refused (the crop would
+#: magnify a few pixels into a person at kilometres).
+MIN_BOX_SIDE_PX = 2.0
+#: Largest box side, in units of the image's larger side.
+MAX_BOX_SIDE_PER_IMAGE_SIDE = 10.0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,6 +159,13 @@ def tta_params(num_aug, max_roll_degrees=DEFAULT_TTA_ROLL_DEGREES):
                      tf.zeros([num_aug], tf.float64))
     flips = tf.math.floormod(index - num_aug // 2, 2) != 0
     return rolls, flips
+
+
+def _checked_num_aug(num_aug):
+    """``num_aug`` (int32 scalar) after asserting it is >= 1 (the message names it and its value)."""
+    check = tf.debugging.Assert(num_aug >= 1, ['num_aug must be >= 1; received num_aug:', num_aug])
+    with tf.control_dependencies([check]):
+        return tf.identity(num_aug)
 
 
 def make_crops(images, image_ids, intrinsics, rotation, crop_intrinsics, crop_size, antialias_factor=1):
@@ -300,14 +320,30 @@ class PoseEstimatorModule(tf.Module):
         checks.append(tf.debugging.Assert(
             well_formed, ['intrinsic_matrix must be [[fx, skew, cx], [0, fy, cy], [0, 0, 1]] with fx, fy > 0 '
                           '(px); received:', intrinsic_matrix], summarize=-1))
+        side = tf.cast(tf.maximum(image_height, image_width), tf.float64)
+        low, high = FOCAL_RANGE_PER_IMAGE_SIDE
+        focal = tf.stack([k[..., 0, 0], k[..., 1, 1]], axis=-1)
+        checks.append(tf.debugging.Assert(
+            tf.reduce_all(tf.logical_and(focal >= low * side, focal <= high * side)),
+            [f'intrinsic_matrix must have focal lengths fx, fy of {low} to {high} times the larger image side '
+             '(px); image side:', side, 'received intrinsic_matrix:', intrinsic_matrix], summarize=-1))
         with tf.control_dependencies(checks):
             return tf.identity(k)
 
     def _check_inputs(self, images, image_ids, boxes, num_aug):
-        """Assertions on the core inputs (images uint8 [B, H, W, 3], image_ids [T], boxes [T, 4])."""
+        """Assertions on the core inputs (images uint8 [B, H, W, 3], image_ids [T], boxes [T, 4]): finite boxes
+        of positive size, then (holding vacuously for boxes that fail those, one error per cause) boxes that
+        overlap the image with sides from ``MIN_BOX_SIDE_PX`` to ``MAX_BOX_SIDE_PER_IMAGE_SIDE`` image sides."""
         shape = tf.shape(images)
         has_boxes = tf.math.unsorted_segment_max(tf.ones_like(image_ids), image_ids, shape[0]) > 0
         visible = tf.reduce_max(images, axis=[1, 2, 3]) > 1
+        height, width = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+        x, y, box_w, box_h = tf.unstack(boxes, 4, axis=1)
+        malformed = tf.logical_or(tf.logical_not(tf.reduce_all(tf.math.is_finite(boxes), axis=1)),
+                                  tf.logical_or(box_w <= 0, box_h <= 0))
+        overlaps = tf.logical_and(tf.logical_and(x < width, y < height), tf.logical_and(x + box_w > 0, y + box_h > 0))
+        large_enough = tf.minimum(box_w, box_h) >= MIN_BOX_SIDE_PX
+        small_enough = tf.maximum(box_w, box_h) <= MAX_BOX_SIDE_PER_IMAGE_SIDE * tf.maximum(width, height)
         return [
             tf.debugging.assert_positive(shape[1:3], 'image must have positive height and width'),
             tf.debugging.Assert(
@@ -317,7 +353,16 @@ class PoseEstimatorModule(tf.Module):
             tf.debugging.assert_all_finite(boxes, 'boxes must be finite (x, y, w, h in px)'),
             tf.debugging.assert_positive(boxes[:, 2:],
                                          'boxes must have positive width and height (x, y, w, h in px)'),
-            tf.debugging.assert_greater_equal(num_aug, 1, 'num_aug must be >= 1'),
+            tf.debugging.Assert(tf.reduce_all(tf.logical_or(overlaps, malformed)),
+                                ['boxes must overlap the image (x, y, w, h px); image width, height:', width, height,
+                                 'received boxes:', boxes], summarize=64),
+            tf.debugging.Assert(tf.reduce_all(tf.logical_or(large_enough, malformed)),
+                                [f'boxes must have width and height >= {MIN_BOX_SIDE_PX} px; received boxes:',
+                                 boxes], summarize=64),
+            tf.debugging.Assert(
+                tf.reduce_all(tf.logical_or(small_enough, malformed)),
+                [f'boxes must have width and height <= {MAX_BOX_SIDE_PER_IMAGE_SIDE} times the larger image '
+                 'side; image width, height:', width, height, 'received boxes:', boxes], summarize=64),
         ]
 
     def _poses_joint_space(self, images, image_ids, boxes, intrinsics, num_aug):
@@ -362,6 +407,7 @@ class PoseEstimatorModule(tf.Module):
         checks = self._check_inputs(images, image_ids, boxes, num_aug)
         with tf.control_dependencies(checks):
             box_k = tf.gather(intrinsics, image_ids)
+            num_aug = _checked_num_aug(num_aug)
         coords = self._poses_joint_space(images, image_ids, boxes, box_k, num_aug)
         coords = tf.gather(coords, joint_indices, axis=1)
         poses2d = geometry.project_tf(coords, box_k, min_depth=geometry.MIN_PROJECTION_DEPTH_MM)

@@ -405,3 +405,29 @@ def test_export_model_bad_arguments(model, tmp_path):
     with pytest.raises(ValueError, match='detector must be a SavedModel with a `detect'):
         export.export_model(model, SPACE, out, detector=tmp_path / 'not_a_detector')
     assert not out.exists()
+
+
+def test_absurd_inputs_are_refused_naming_the_argument(loaded):
+    """Issue 18: inputs that used to give confident garbage (poses metres or kilometres off) are refused."""
+    image = smooth_image(11)  # 160 x 120 px
+    errors = tf.errors.InvalidArgumentError
+    with pytest.raises(errors, match=r'boxes must overlap the image .*160.*120.*received boxes.*500'):
+        loaded.estimate_poses(image, np.array([[500.0, 10.0, 40.0, 60.0]]))
+    with pytest.raises(errors, match=r'boxes must overlap the image'):
+        loaded.estimate_poses(image, np.array([[-100.0, 10.0, 40.0, 60.0]]))
+    with pytest.raises(errors, match=rf'boxes must have width and height >= {export.MIN_BOX_SIDE_PX} px'):
+        loaded.estimate_poses(image, np.array([[50.0, 50.0, 1e-6, 1e-6]]))
+    with pytest.raises(errors, match=r'boxes must have width and height <= 10.0 times the larger image side'):
+        loaded.estimate_poses(image, np.array([[0.0, 0.0, 1e9, 1e9]]))
+    with pytest.raises(errors, match=r'intrinsic_matrix must have focal lengths fx, fy of 0.05 to 100.0 times'):
+        loaded.estimate_poses(image, BOXES, np.array([[1e-3, 0, 80], [0, 1e-3, 60], [0, 0, 1]]))
+    with pytest.raises(errors, match=r'intrinsic_matrix must have focal lengths'):
+        loaded.estimate_poses(image, BOXES, np.array([[1e6, 0, 80], [0, 1e6, 60], [0, 0, 1]]))
+    with pytest.raises(errors, match=r'num_aug must be >= 1; received num_aug:\] \[-1\]'):
+        loaded.estimate_poses(image, BOXES, num_aug=-1)
+    with pytest.raises(errors, match=r'intrinsic_matrix must be \[\[fx, skew, cx\]'):  # singular
+        loaded.estimate_poses(image, BOXES, np.zeros((3, 3)) + np.diag([100.0, 0.0, 1.0]))
+    # Boxes partly outside the image, small but legal boxes and long lenses still work.
+    out = loaded.estimate_poses(image, np.array([[-20.0, -20.0, 60.0, 80.0], [100.0, 50.0, 2.0, 3.0]]),
+                                np.array([[5000.0, 0, 80], [0, 5000.0, 60], [0, 0, 1]]))
+    assert np.all(np.isfinite(out['poses3d']))
