@@ -306,8 +306,11 @@ def _loss_fn(loss: str):
 
 
 def train_run(run: Run, sets, config: Config, seed: int, run_dir: Optional[str],
-              progress: bool = False):
-    """Trains one run; returns (metrics dict, curves dict)."""
+              progress: bool = False, strategy=None, evaluate: bool = True):
+    """Trains one run under ``strategy`` (None: the default); returns (metrics dict, curves dict).
+
+    ``evaluate=False`` (a non-chief worker): no validation curve and no val/test metrics.
+    """
     import keras
     import tensorflow as tf
     from posekit.data import lifting
@@ -319,8 +322,9 @@ def train_run(run: Run, sets, config: Config, seed: int, run_dir: Optional[str],
     adjacency = sets['train'].joint_info.adjacency()
     arch = dict(channels=run.channels, n_blocks=config.n_blocks, normalization=config.normalization,
                 non_local=config.non_local, dropout=config.dropout, **SHARING_VARIANTS[run.variant])
+    strategy = strategy or tf.distribute.get_strategy()
     keras.utils.set_random_seed(seed)
-    with policy_scope(config.precision):
+    with strategy.scope(), policy_scope(config.precision):
         model = build_gcn_lifter(adjacency, name=f'gcn_{run.key}', **arch)
         schedule = keras.optimizers.schedules.ExponentialDecay(
             config.learning_rate, config.learning_rate_decay_steps or config.steps, config.learning_rate_decay,
@@ -329,6 +333,13 @@ def train_run(run: Run, sets, config: Config, seed: int, run_dir: Optional[str],
             optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.weight_decay)
         else:
             optimizer = keras.optimizers.Adam(schedule)
+    if strategy is not tf.distribute.get_strategy():  # the initial weights of a one-process run
+        keras.utils.set_random_seed(seed)
+        with policy_scope(config.precision):
+            reference = build_gcn_lifter(adjacency, name=f'gcn_{run.key}_init', **arch)
+        with strategy.scope():
+            for variable, value in zip(model.variables, reference.variables):
+                variable.assign(value)
     params = loop.count_params(model, trainable_only=True)
     expected = gcn_lifter_param_count(adjacency, **arch)
     if params != expected:
@@ -336,7 +347,7 @@ def train_run(run: Run, sets, config: Config, seed: int, run_dir: Optional[str],
                            f'gcn_lifter_param_count says {expected}')
 
     predict_fn = make_predict_fn(model, adjacency.shape[0])
-    val = sets.get('val')
+    val = sets.get('val') if evaluate else None
     curve_set = None
     if val is not None:
         idx = np.unique(np.linspace(0, len(val) - 1, min(config.val_curve_examples, len(val)))
@@ -359,13 +370,13 @@ def train_run(run: Run, sets, config: Config, seed: int, run_dir: Optional[str],
         model, _loss_fn(config.loss),
         lambda start: lifting.lifting_dataset(sets['train'], config.batch_size, seed, start),
         optimizer, train_config, out_dir=run_dir if config.checkpoint else None,
-        callbacks=[validate])
+        callbacks=[validate], strategy=strategy)
     history = result.history
     out = dict(params=params, train_loss=history['loss'][-1],
                train_mpjpe=history['mpjpe_mm'][-1], steps_per_s=result.steps_per_s,
                train_time_s=result.wall_time_s, steps=result.final_step, policy=result.policy)
     for split in ('val', 'test'):
-        if split in sets:
+        if split in sets and evaluate:
             scores = evaluate_set(model, sets[split], predict_fn)
             out.update({f'{split}_{k}': v for k, v in scores.items()})
     curves = dict(train_step=history['step'], train_mpjpe=history['mpjpe_mm'],
@@ -516,21 +527,26 @@ def plot_curves(curves: Dict[str, Dict[str, list]], path: str) -> None:
 def run_experiment(config: Config, out: str, seeds: Sequence[int] = (0,), dataset: str = 'cmu',
                    mocap_dir: Optional[str] = None, test_mocap_dir: Optional[str] = None,
                    data_dir: Optional[str] = None, cameras_file: Optional[str] = None,
-                   progress: bool = False, log=print, preset: str = 'default') -> List[dict]:
+                   progress: bool = False, log=print, preset: str = 'default', strategy: str = 'default',
+                   replicas: int = 0) -> List[dict]:
     """Trains every planned run for every seed; writes results.json, results.md, curves.png.
 
     Finished runs (``out/runs/<run>_s<seed>/record.json``) are reused, unfinished ones resume
-    from their checkpoints. Returns the records.
+    from their checkpoints. Returns the records. ``strategy``/``replicas``: ``common.make_strategy``; with
+    ``multi_worker`` only the chief evaluates and writes (the records, results, plots and checkpoints in
+    ``out``), the other workers train every run with it and return [].
     """
+    chief = common.is_chief_process(strategy)
+    local = common.worker_scratch(out, strategy)
     data = dict(dataset=dataset, mocap=common.folder_fingerprint(mocap_dir),
                 test_mocap=common.folder_fingerprint(test_mocap_dir), data_dir=data_dir, cameras_file=cameras_file)
-    with common.run_directory(out, EXPERIMENT, config, seeds, data):
+    with common.run_directory(local, EXPERIMENT, config, seeds, data, chief=chief):
         return _run_experiment(config, out, seeds, dataset, mocap_dir, test_mocap_dir, data_dir, cameras_file,
-                               progress, log, preset)
+                               progress, log, preset, common.make_strategy(strategy, replicas), chief)
 
 
 def _run_experiment(config, out, seeds, dataset, mocap_dir, test_mocap_dir, data_dir, cameras_file, progress, log,
-                    preset):
+                    preset, strategy=None, chief=True):
     clock = common.PhaseClock()
     with clock.phase('data'):
         sets, test_set = load_sets(config, dataset, mocap_dir, test_mocap_dir, data_dir, cameras_file)
@@ -561,7 +577,10 @@ def _run_experiment(config, out, seeds, dataset, mocap_dir, test_mocap_dir, data
                 log(f'[{i + 1}/{len(runs)}] {run.key} seed {seed}: reused {record_path}')
             else:
                 t = time.perf_counter()
-                results[run], run_curves = train_run(run, sets, config, seed, run_dir, progress)
+                results[run], run_curves = train_run(run, sets, config, seed, run_dir, progress, strategy,
+                                                     evaluate=chief)
+                if not chief:
+                    continue
                 common.write_json(record_path, dict(metrics=results[run], curves=run_curves))
                 m = results[run]
                 log(f'[{i + 1}/{len(runs)}] {run.key} seed {seed}: {m["params"]} params, '
@@ -570,6 +589,8 @@ def _run_experiment(config, out, seeds, dataset, mocap_dir, test_mocap_dir, data
                     f'{m["steps_per_s"]:.1f} steps/s, {time.perf_counter() - t:.0f} s')
             if seed == seeds[0]:
                 curves[run.key] = run_curves
+        if not chief:
+            continue
         from posekit.models.lifting import SHARING_VARIANTS
         for table, run in rows:
             m = results[run]
@@ -583,6 +604,9 @@ def _run_experiment(config, out, seeds, dataset, mocap_dir, test_mocap_dir, data
                 train_mpjpe=m['train_mpjpe'], steps_per_s=m['steps_per_s'], run=f'{run.key}_s{seed}',
                 **{k: v for k, v in m.items() if k.startswith(('test_', 'val_')) and
                    k not in ('val_mpjpe', 'val_pa_mpjpe')}))
+    if not chief:
+        log('training done; the chief evaluates and writes the results')
+        return []
     context = dict(dataset=dataset, mocap_dir=mocap_dir or 'procedural', test_mocap_dir=test_mocap_dir,
                    data_dir=data_dir, test_set=test_set, metric_split=metric_split, n_runs=len(runs),
                    sets={k: s.summary() for k, s in sets.items()}, data_load_s=round(load_s, 1))
@@ -632,7 +656,8 @@ def main(argv):
                    mocap_dir=common.resolve_mocap_dir(FLAGS['mocap-dir'].value),
                    test_mocap_dir=common.test_mocap_dir(FLAGS['test-mocap-dir'].value),
                    data_dir=FLAGS['data-dir'].value, cameras_file=FLAGS['h36m-cameras'].value,
-                   progress=FLAGS.progress, log=common.stderr_log, preset=FLAGS.preset)
+                   progress=FLAGS.progress, log=common.stderr_log, preset=FLAGS.preset, strategy=FLAGS.strategy,
+                   replicas=FLAGS.replicas)
 
 
 if __name__ == '__main__':

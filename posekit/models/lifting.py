@@ -25,6 +25,8 @@ from typing import Dict, Optional, Sequence
 
 import keras
 
+from posekit.layers.global_dropout import GlobalBatchDropout
+
 from posekit.layers.graph_conv import GraphConv, graph_conv_param_count, validate_adjacency
 from posekit.layers.nonlocal_block import GraphNonLocal, non_local_param_count
 
@@ -100,10 +102,10 @@ def build_gcn_lifter(adjacency, channels: int = 128, n_blocks: int = 4,
 
     def gconv_bn_relu(x, units, prefix):
         x = GraphConv(units, name=f'{prefix}_gconv', **gconv_kwargs)(x)
-        x = keras.layers.BatchNormalization(momentum=bn_momentum, name=f'{prefix}_bn')(x)
+        x = keras.layers.BatchNormalization(momentum=bn_momentum, synchronized=True, name=f'{prefix}_bn')(x)
         x = keras.layers.ReLU(name=f'{prefix}_relu')(x)
         if dropout > 0:
-            x = keras.layers.Dropout(dropout, name=f'{prefix}_dropout')(x)
+            x = GlobalBatchDropout(dropout, name=f'{prefix}_dropout')(x)
         return x
 
     def maybe_non_local(x, prefix):
@@ -220,10 +222,10 @@ def build_fc_baseline(n_joints: int, hidden: int = 1024, n_blocks: int = 2,
     def dense_bn_relu(x, prefix):
         x = keras.layers.Dense(hidden, kernel_initializer=kernel_initializer,
                                name=f'{prefix}_dense')(x)
-        x = keras.layers.BatchNormalization(momentum=bn_momentum, name=f'{prefix}_bn')(x)
+        x = keras.layers.BatchNormalization(momentum=bn_momentum, synchronized=True, name=f'{prefix}_bn')(x)
         x = keras.layers.ReLU(name=f'{prefix}_relu')(x)
         if dropout > 0:
-            x = keras.layers.Dropout(dropout, name=f'{prefix}_dropout')(x)
+            x = GlobalBatchDropout(dropout, name=f'{prefix}_dropout')(x)
         return x
 
     inputs = keras.Input((n_joints, input_dim), name='poses2d')

@@ -186,3 +186,37 @@ def test_two_worker_processes(single_process, tmp_path):
     assert summary['start_step'] in (12, 18), summary  # continued from the chief's last checkpoint
     resumed = _final_state(killed)
     _assert_same_training(uninterrupted, resumed, weight_atol=0.0)
+
+
+GCN_FLAGS = ['--preset=smoke', '--mocap-dir=procedural', '--set', 'tables=3', '--set', 'variants=pre_agg_dec',
+             '--set', 'steps=40', '--set', 'checkpoint=true', '--set', 'checkpoint_every=40', '--set', 'log_every=1']
+
+
+def _gcn_state(out):
+    folder = pathlib.Path(out) / 'runs' / 'pre_agg_dec_c32_s0' / 'checkpoints' / 'ckpt-000000040'
+    arrays = np.load(folder / 'state.npz')
+    return {k: arrays[k] for k in arrays.files}, json.loads((folder / 'meta.json').read_text())
+
+
+def test_gcn_lifter_two_workers_equal_one_process(tmp_path):
+    """The GCN lifter (synchronized BatchNorm: global-batch statistics) on two worker processes."""
+    single = tmp_path / 'single'
+    process = subprocess.run([sys.executable, '-m', 'experiments.gcn_weight_sharing', f'--out={single}', *GCN_FLAGS],
+                             cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert process.returncode == 0, process.stderr[-3000:]
+    scratch = tmp_path / 'scratch'
+    scratch.mkdir()
+    ports = _free_ports(2)
+    cluster = {'worker': [f'127.0.0.1:{p}' for p in ports]}
+    out = tmp_path / 'two_workers'
+    processes = []
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=json.dumps({'cluster': cluster, 'task': {'type': 'worker', 'index': index}}),
+                   TMPDIR=str(scratch))
+        log = open(scratch / f'worker{index}.log', 'w')
+        processes.append(subprocess.Popen(
+            [sys.executable, '-m', 'experiments.gcn_weight_sharing', f'--out={out}', *GCN_FLAGS,
+             '--strategy=multi_worker'], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
+    _wait(processes, scratch)
+    _assert_same_training(_gcn_state(single), _gcn_state(out))
+    assert sorted(p.name for p in out.iterdir()) == ['curves.png', 'results.json', 'results.md', 'run.json', 'runs']
