@@ -251,6 +251,27 @@ def worker_scratch(out: str, strategy_name: str) -> str:
     return os.path.join(tempfile.gettempdir(), f'posekit-{task["type"]}{task["index"]}-{digest}')
 
 
+def configure_determinism(deterministic: bool, log: Callable[[str], None] = None) -> bool:
+    """Before TensorFlow runs its first op: with ``deterministic``, one inter-op thread (ops run one at a
+    time, each still multi-threaded inside). Two same-seed runs of the default MeTRAbs preset differed in the
+    last bits after a few steps with TensorFlow's default of concurrent ops (the CPU kernels' reductions are
+    blocked by the threads free when they start), and were bit-identical with one inter-op thread
+    (``tf.config.experimental.enable_op_determinism()``, which the training loop also calls, did not suffice
+    on the CPU). Returns whether the setting took effect (False, with a warning through ``log``, when
+    TensorFlow was already initialised, e.g. inside a test process)."""
+    if not deterministic:
+        return False
+    import tensorflow as tf
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        if log is not None:
+            log('warning: TensorFlow is already initialised in this process; its inter-op threads stay as they '
+                'are and same-seed runs may differ in the last bits')
+        return False
+    return True
+
+
 def make_strategy(name: str, replicas: int = 0):
     """The tf.distribute strategy ``name`` (:data:`STRATEGIES`); call after the data is prepared (rendering forks
     worker processes) and before any model is built.

@@ -778,7 +778,8 @@ def _run_experiment(config: Config, out: str, seed: int, mocap_dir: Optional[str
     with clock.phase('data'):
         paths = prepare_data(config, data_dir, mocap_dir, test_mocap_dir, log)  # before TensorFlow starts
         indices = full_image_indices(config, data_dir, log)
-    strategy = common.make_strategy(strategy_name, replicas)  # before any TensorFlow op runs
+    common.configure_determinism(config.deterministic, log)  # before any TensorFlow op runs
+    strategy = common.make_strategy(strategy_name, replicas)
     config = dataclasses.replace(config, batch_splits=config.batch_splits or strategy.num_replicas_in_sync)
     if strategy.num_replicas_in_sync > 1:
         log(f'{strategy_name} strategy: {strategy.num_replicas_in_sync} replicas, global batch '

@@ -1074,7 +1074,8 @@ EXPERIMENT = 'mixed_precision'
 
 
 def define_flags():
-    common.define_common_flags('runs/mixed_precision', test_mocap=False)
+    # One device: the study times single-device steps under two policies (no --strategy).
+    common.define_common_flags('runs/mixed_precision', test_mocap=False, strategy=False)
     flags.DEFINE_string('worker', None, 'Internal: run one (model, policy) worker from this job file.')
 
 

@@ -231,8 +231,9 @@ def eval_batches(test_clips, config: Config, stride: int):
 
 # -------------------------------------------------------------------------------------------- training
 def train_network(network, config: Config, spec: RunSpec, train_clips, seed: int, steps: int, teacher=None,
-                  distill_units=(), callbacks=None):
-    """Trains with BPTT through posekit.train.loop.train; returns (final train loss, steps/s)."""
+                  distill_units=(), callbacks=None, strategy=None):
+    """Trains with BPTT through posekit.train.loop.train under ``strategy`` (None: the default; the network
+    built in its scope); returns (final train loss, steps/s)."""
     import keras
     from posekit.data import video
     from posekit.train import loop
@@ -249,10 +250,14 @@ def train_network(network, config: Config, spec: RunSpec, train_clips, seed: int
         return video.video_dataset(train_clips, config.batch_size, seed=seed, start_step=start_step,
                                    heatmap_stride=stride, sigma=config.heatmap_sigma, n_frames=n_frames)
 
-    optimizer = keras.optimizers.Adam(config.learning_rate)
+    import tensorflow as tf
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        optimizer = keras.optimizers.Adam(config.learning_rate)
     train_config = loop.TrainConfig(total_steps=steps, precision=config.precision, log_every=max(1, steps // 4),
                                     checkpoint_every=steps, seed=seed, progress=False)
-    result = loop.train(network, loss_fn, dataset_fn, optimizer, train_config, out_dir=None, callbacks=callbacks)
+    result = loop.train(network, loss_fn, dataset_fn, optimizer, train_config, out_dir=None, callbacks=callbacks,
+                        strategy=strategy)
     losses = result.history.get('loss', [math.nan])
     return float(losses[-1]), float(result.steps_per_s)
 
@@ -421,14 +426,23 @@ def plot_loss_vs_speed(records: List[dict], path: str):
 
 # ----------------------------------------------------------------------------------------------- main
 def run_experiment(config: Config, out: str, seed: int = 0, preset: str = 'default', mocap_dir=None,
-                   test_mocap_dir=None, log=print):
-    """Trains, distils, times and evaluates every configuration; writes results.json, results.md, a plot."""
+                   test_mocap_dir=None, log=print, strategy: str = 'default', replicas: int = 0):
+    """Trains, distils, times and evaluates every configuration; writes results.json, results.md, a plot.
+
+    ``strategy``/``replicas``: ``common.make_strategy`` (data-parallel training of every network; the
+    experiment writes no checkpoints). With ``multi_worker`` the other workers write their copy of the
+    results into their scratch folder (``common.worker_scratch``), only the chief into ``out``.
+    """
+    chief = common.is_chief_process(strategy)
+    local = common.worker_scratch(out, strategy)
     data = dict(mocap=common.folder_fingerprint(mocap_dir), test_mocap=common.folder_fingerprint(test_mocap_dir))
-    with common.run_directory(out, EXPERIMENT, config, [seed], data):
-        return _run_experiment(config, out, seed, preset, mocap_dir, test_mocap_dir, log)
+    with common.run_directory(local, EXPERIMENT, config, [seed], data, chief=chief):
+        return _run_experiment(config, local, seed, preset, mocap_dir, test_mocap_dir, log,
+                               common.make_strategy(strategy, replicas))
 
 
-def _run_experiment(config: Config, out: str, seed: int, preset: str, mocap_dir, test_mocap_dir, log):
+def _run_experiment(config: Config, out: str, seed: int, preset: str, mocap_dir, test_mocap_dir, log,
+                    strategy=None):
     import keras
     import tensorflow as tf
     from posekit.data import video
@@ -437,6 +451,10 @@ def _run_experiment(config: Config, out: str, seed: int, preset: str, mocap_dir,
     from posekit.train import video as train_video
     from posekit.train.loop import count_params
 
+    strategy = strategy or tf.distribute.get_strategy()
+    if config.batch_size % strategy.num_replicas_in_sync:
+        raise ValueError(f'batch_size={config.batch_size} must be a multiple of the '
+                         f'{strategy.num_replicas_in_sync} replicas')
     start = time.perf_counter()
     clock = common.PhaseClock()
     specs = plan(config)
@@ -462,7 +480,7 @@ def _run_experiment(config: Config, out: str, seed: int, preset: str, mocap_dir,
         for spec in family_specs:
             run_start = time.perf_counter()
             keras.utils.set_random_seed(seed)
-            with precision_lib.policy_scope(policy):
+            with strategy.scope(), precision_lib.policy_scope(policy):
                 network = build_network(config, spec)
             stride = heatmap_stride(network)
             if teacher is None:
@@ -470,7 +488,7 @@ def _run_experiment(config: Config, out: str, seed: int, preset: str, mocap_dir,
                 # weights after teacher_steps are copied into the frozen teacher (a snapshot, via a callback).
                 if not spec.is_sequential:
                     raise ValueError('the first configuration of a family must be its sequential model')
-                with precision_lib.policy_scope(policy):
+                with strategy.scope(), precision_lib.policy_scope(policy):
                     teacher = build_network(config, spec)
                 teacher.trainable = False
                 distill_units = train_video.default_distill_units(teacher, config.distill_units)
@@ -482,12 +500,12 @@ def _run_experiment(config: Config, out: str, seed: int, preset: str, mocap_dir,
                 snapshot(0, {}) if config.teacher_steps == 0 else None
                 train_loss, steps_per_s = train_network(network, config, spec, train_clips, seed,
                                                         config.teacher_steps + config.finetune_steps,
-                                                        callbacks=[snapshot])
+                                                        callbacks=[snapshot], strategy=strategy)
             else:
                 train_video.init_from_teacher(network, teacher, partial=True)
                 train_loss, steps_per_s = train_network(network, config, spec, train_clips, seed,
                                                         config.finetune_steps, teacher=teacher,
-                                                        distill_units=distill_units)
+                                                        distill_units=distill_units, strategy=strategy)
             metrics = eval_video.evaluate_stream(network, eval_batches(test_clips, config, stride), network.latency,
                                                   eval_warmup, stride=stride,
                                                   teacher=teacher, distill_units=distill_units)
@@ -601,7 +619,8 @@ def main(argv):
     config = common.resolve_config(PRESETS, FLAGS.preset, FLAGS.set)
     run_experiment(config, FLAGS.out, FLAGS.seed, preset=FLAGS.preset,
                    mocap_dir=common.resolve_mocap_dir(FLAGS['mocap-dir'].value),
-                   test_mocap_dir=common.test_mocap_dir(FLAGS['test-mocap-dir'].value), log=common.stderr_log)
+                   test_mocap_dir=common.test_mocap_dir(FLAGS['test-mocap-dir'].value), log=common.stderr_log,
+                   strategy=FLAGS.strategy, replicas=FLAGS.replicas)
 
 
 if __name__ == '__main__':
