@@ -232,7 +232,7 @@ PRESETS: Dict[str, Config] = {
                     data_workers=8, backbone='efficientnetv2-s', ghost_batch_size=16, precision='auto',
                     stage1_steps=400_000, base_learning_rate=2.12e-4, weight_decay=3e-3, abs_loss_start_step=5000,
                     pseudo_gt_per_dataset=20000, acae_steps=6000, stage2_steps=40_000, stage2_base_learning_rate=2.12e-4,
-                    stage2_abs_loss_start_step=-1, hybrid_start_step=5000, bn_inference_steps=1000,
+                    stage2_abs_loss_start_step=5000, hybrid_start_step=5000, bn_inference_steps=1000,
                     eval_batch=128, log_every=500, checkpoint_every=5000),
 }
 
