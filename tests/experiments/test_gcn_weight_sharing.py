@@ -186,3 +186,22 @@ def test_smoke_run_end_to_end(tmp_path):
     report = (out / 'results.md').read_text()
     assert '## Table 2 (matched parameters)' in report and '## Table 3' in report
     assert (out / 'curves.png').stat().st_size > 10_000
+
+
+def test_report_puts_the_papers_table2_beside_the_matched_parameter_pairs():
+    records = []
+    for variant, channels in (('full', 181), ('full_dec', 128)):
+        v = SHARING_VARIANTS[variant]
+        for seed in (0, 1, 2):
+            records.append(dict(table='2_matched_params', variant=variant, sharing=v['sharing'],
+                                decouple=v['decouple'], channels=channels, params=266_000, seed=seed,
+                                mpjpe=100.0 + seed, pa_mpjpe=80.0, val_mpjpe=90.0, steps_per_s=1.0))
+    report = gws.markdown_report(records, {'test_set': 'none', 'cameras': 'real Human3.6M cameras from X'})
+    rows = {line.split('|')[1].strip(): line.split('|') for line in report.splitlines() if line.startswith('| full')}
+    # paper, Table 2: full at 180 channels 0.27M / 53.53 mm, decoupled at 128 0.27M / 41.96 mm
+    assert (rows['full'][6].strip(), rows['full'][10].strip()) == ('0.27M', '53.53')
+    assert (rows['full_dec'][6].strip(), rows['full_dec'][10].strip()) == ('0.27M', '41.96')
+    assert 'Cameras: real Human3.6M cameras from X.' in report
+    (check,) = gws.findings(records)
+    assert not check.holds  # 101 ± 0.8 vs 101 ± 0.8: no difference
+    assert 'difference 0.0' in check.evidence

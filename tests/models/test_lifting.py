@@ -112,7 +112,7 @@ def test_no_sharing_count_and_what_the_papers_count_implies():
     count = gcn_lifter_param_count(_adj(16), 128, **SHARING_VARIANTS['no_sharing'])
     assert count == 46 * per_transform + rest == 6_062_211  # 6.06M; the paper prints 6.86M
     # 6.86M means 52.06 transforms per layer (52 + a few thousand other parameters); Table 4's
-    # 100 channels for "about 4.2M" means 52.2 (README, GCN section).
+    # 100 channels for "about 4.2M" means 52.1 (README, GCN section).
     assert (6.86e6 - rest) / per_transform == pytest.approx(52.06, abs=0.01)
 
 
