@@ -157,6 +157,7 @@ def test_smoke_run_end_to_end(tmp_path):
     record = json.loads((out / 'results.json').read_text())
     common.validate_results(record)
     assert record['experiment'] == 'gcn_weight_sharing' and record['seeds'] == [0]
+    assert record['context']['cameras'] == 'synthetic Human3.6M-like rig (cameras=rig)'  # the smoke preset's
     records = record['results']['records']
     assert record['checks'] == [c.to_dict() for c in gws.findings(records)]
     config = gws.PRESETS['smoke']
@@ -205,3 +206,14 @@ def test_report_puts_the_papers_table2_beside_the_matched_parameter_pairs():
     (check,) = gws.findings(records)
     assert not check.holds  # 101 ± 0.8 vs 101 ± 0.8: no difference
     assert 'difference 0.0' in check.evidence
+
+
+def test_resolve_cameras_uses_the_real_file_or_says_it_falls_back(tmp_path):
+    config = gws.PRESETS['default']
+    folder, sentence = gws.resolve_cameras(config, str(tmp_path))  # no cameras.json there
+    assert folder is None and sentence.startswith('FALLBACK: no Human3.6M cameras.json') and str(tmp_path) in sentence
+    (tmp_path / 'cameras.json').write_text('{}')
+    folder, sentence = gws.resolve_cameras(config, str(tmp_path))
+    assert folder == str(tmp_path) and sentence.startswith('real Human3.6M cameras from')
+    rig = dataclasses.replace(config, cameras='rig')
+    assert gws.resolve_cameras(rig, str(tmp_path)) == (None, 'synthetic Human3.6M-like rig (cameras=rig)')
