@@ -2,8 +2,8 @@
 
     python -m experiments.gcn_weight_sharing --preset=default --out runs/gcn_ws \\
         [--mocap-dir ../shared/data/cmu_mocap] [--test-mocap-dir ../shared/data/cmu_mocap_test] \\
-        [--seeds 0,1,2] [--dataset cmu|h36m --data-dir DIR [--h36m-cameras cams.json]] \\
-        [--set key=value ...]
+        [--seeds 0,1,2] [--camera-dir ../shared/data/real_samples/h36m] \\
+        [--dataset cmu|h36m --data-dir DIR [--h36m-cameras cams.json]] [--set key=value ...]
 
 Trains residual GCN lifters (``posekit.models.lifting``, Fig. 5) that differ only in how the
 graph convolutions share weights, under the paper's controlled settings:
@@ -14,9 +14,14 @@ graph convolutions share weights, under the paper's controlled settings:
 * Table 3: the 8 variants at 128 channels;
 * Table 4: the variants at parameter budgets of about 4.2M, 2.1M and 1.05M.
 
+Every row is the mean ± std over the seeds (``seeds``, ``--seeds``); a finding of the paper is
+reported as reproduced only where the difference of the means exceeds that spread.
+
 Data: ``--dataset cmu`` makes lifting sets from motion capture (:mod:`posekit.data.lifting`:
 subject-wise train/val split of ``--mocap-dir``; test = all of ``--test-mocap-dir``; procedural
-motion when there is no motion folder); ``--dataset h36m`` reads Human3.6M in the common npz layout
+motion when there is no motion folder) on the paper's 16 joints, seen by the real Human3.6M cameras
+of ``--camera-dir`` (S1 S5 S6 S7 S8 for train/val, S9 S11 for test, lens distortion applied; the
+synthetic rig when the camera file is absent, said in the output, or with ``cameras=rig``); ``--dataset h36m`` reads Human3.6M in the common npz layout
 from ``--data-dir`` (:mod:`posekit.data.h36m`, S1 S5 S6 S7 S8 / S9 S11). Training goes through the
 shared loop (:func:`posekit.train.loop.train`): Adam, learning rate 1e-3 with exponential decay, MSE on
 root-relative 3D in metres (the model predicts metres; metrics are in mm), optional gradient-norm
