@@ -18,6 +18,16 @@ Everything follows the pipeline of the lifting papers (VideoPose3D, SemGCN, Liu 
   high. Every camera looks at the subject's pelvis (the rig cameras pan to follow the subject:
   CMU subjects cross a larger volume than Human3.6M's), with Human3.6M's 1000 x 1000 px image and
   1145 px focal length, no distortion. Views closer than ``MIN_CAMERA_DISTANCE_MM`` are dropped.
+* **Real Human3.6M cameras** (``LiftingSpec.h36m_cameras`` = a folder with Human3.6M's
+  ``cameras.json``, e.g. ``../shared/data/real_samples/h36m``): the rig is replaced by the real
+  calibrations (:func:`h36m_rigs`; R, T, K and OpenCV distortion k1, k2, p1, p2, k3). Each clip is
+  placed in Human3.6M's capture volume (:func:`place_in_h36m_volume`: world z up, floor at z = 0,
+  the clip's pelvis centre under the cameras' common look-at point) and seen by the 4 cameras of
+  one subject (clip k of the split: subject ``k mod n``): S1 S5 S6 S7 S8 for train and val, S9 S11
+  for test, as Human3.6M's protocol. The 2D inputs are the distorted projections; views with a
+  joint outside the image or less than ``MIN_DEPTH_MM`` in front of the camera are dropped
+  (fixed cameras do not follow a subject who walks out of the volume). Random extra views stay as
+  above.
 * **Splits** (:func:`lifting_splits`): subject-wise. train and val come from the training motion
   (``mocap.split_by_subject``); test is all of an external motion folder when given. Without a
   motion folder, procedural subjects are used, and the test set is procedural subjects of another
@@ -102,6 +112,8 @@ class LiftingSpec:
       val_fraction: fraction of the training motion's subjects held out for validation.
       procedural_subjects, procedural_clips, procedural_seconds: size of the procedural motion
         used when no motion folder is given.
+      h36m_cameras: None (the synthetic rig) or a folder with Human3.6M's ``cameras.json`` /
+        ``cameras.pkl``: the rig is then Human3.6M's real cameras (module docstring).
     """
 
     joints: str = 'h36m_17'
@@ -122,6 +134,7 @@ class LiftingSpec:
     procedural_subjects: int = 8
     procedural_clips: int = 4
     procedural_seconds: float = 6.0
+    h36m_cameras: Optional[str] = None
 
     def __post_init__(self):
         if self.joints not in LIFTING_JOINTS:
@@ -152,6 +165,8 @@ class LiftingSpec:
             raise ValueError(f'focal_px must be > 0, received {self.focal_px!r}')
         if not 0 < self.val_fraction < 1:
             raise ValueError(f'val_fraction must be in (0, 1), received {self.val_fraction!r}')
+        if self.h36m_cameras is not None and not isinstance(self.h36m_cameras, str):
+            raise ValueError(f'h36m_cameras must be None or a folder path, received {self.h36m_cameras!r}')
 
     @property
     def joint_info(self) -> skeletons.JointInfo:
@@ -309,8 +324,10 @@ def project_views(joints_world, eyes, aims, intrinsic_matrix) -> Tuple[np.ndarra
     return camera.camera_to_image(points_cam), points_cam
 
 
-def _views_of_clip(joints, spec: LiftingSpec, n_random: int, rng: np.random.Generator):
-    """All views of one clip: lists of (camera id, frame indices, points_px, points_cam)."""
+def _views_of_clip(joints, spec: LiftingSpec, n_random: int, rng: np.random.Generator,
+                   rig: bool = True):
+    """Views of one clip by the rig (if ``rig``) and ``n_random`` random cameras: a list of
+    (camera id, frame indices, points_px, points_cam)."""
     pelvis = joints[:, ROOT_JOINT]
     n_frames = len(joints)
     xz = pelvis[:, [0, 2]]
@@ -325,7 +342,7 @@ def _views_of_clip(joints, spec: LiftingSpec, n_random: int, rng: np.random.Gene
         in_front = np.all(cam[..., 2] >= MIN_DEPTH_MM, axis=-1)
         views.append((camera_id, idx[in_front], px[in_front], cam[in_front]))
 
-    for camera_id, offset in enumerate(rig_positions(spec)):
+    for camera_id, offset in enumerate(rig_positions(spec) if rig else []):
         eye = np.array([centre[0] + offset[0], offset[1], centre[1] + offset[2]])
         add(camera_id, np.repeat(eye[None], n_frames, axis=0), pelvis)
     for _ in range(n_random):
@@ -336,6 +353,101 @@ def _views_of_clip(joints, spec: LiftingSpec, n_random: int, rng: np.random.Gene
                          pelvis[:, 2] + distance * np.cos(azimuth)], -1)
         aims = pelvis + rng.normal(0.0, spec.aim_jitter_m * MM_PER_M, (n_frames, 3))
         add(RANDOM_CAMERA_ID, eyes, aims)
+    return views
+
+
+# ----------------------------------------------------------------------------------------------
+# Real Human3.6M cameras
+# ----------------------------------------------------------------------------------------------
+
+H36M_SUBJECTS = {'train': ('S1', 'S5', 'S6', 'S7', 'S8'), 'val': ('S1', 'S5', 'S6', 'S7', 'S8'),
+                 'test': ('S9', 'S11')}
+"""Whose cameras see each split (Human3.6M's protocol: training subjects' for train and val)."""
+Y_UP_TO_Z_UP = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
+"""Rotation from the motion world (y up, BVH) to Human3.6M's world (z up): (x, y, z) -> (x, -z, y)."""
+
+
+def h36m_rigs(root: str, subjects: Optional[Sequence[str]] = None) -> Dict[str, List[dict]]:
+    """Human3.6M's real cameras per subject, from ``cameras.json`` (or ``cameras.pkl``) in ``root``.
+
+    Args:
+      root: folder of the camera file (:func:`posekit.data.adapters.h36m.load_cameras`).
+      subjects: subjects to return (default: every subject in the file).
+    Returns:
+      {subject: [4 cameras sorted by camera id]}, each a dict with 'name' ('S1/54138969'),
+      'R' [3, 3] world -> camera, 'T' [3] camera centre (mm, world z up), 'K' [3, 3] px,
+      'distortion' [5] OpenCV (k1, k2, p1, p2, k3), 'size' (width, height) px.
+    Raises:
+      FileNotFoundError: no camera file in ``root``; ValueError: a requested subject is missing
+      or a camera lacks its image size.
+    """
+    from posekit.data.adapters import h36m as h36m_adapter
+    cameras = h36m_adapter.load_cameras(root)
+    rigs: Dict[str, List[dict]] = {}
+    for name in sorted(cameras, key=lambda k: (k.split('/')[0], k.split('/')[-1])):
+        cam = cameras[name]
+        if 'size' not in cam:
+            raise ValueError(f'{root}: camera {name!r} has no image size (w, h)')
+        rigs.setdefault(name.split('/')[0], []).append(dict(cam, name=name))
+    if subjects is None:
+        return rigs
+    missing = [s for s in subjects if s not in rigs]
+    if missing:
+        raise ValueError(f'{root}: the camera file has no cameras of subjects {missing} '
+                         f'(it has {sorted(rigs)})')
+    return {s: rigs[s] for s in subjects}
+
+
+def look_at_point(cameras: Sequence[dict]) -> np.ndarray:
+    """[3] world point (mm) closest, in least squares, to the optical axes of ``cameras``."""
+    lhs, rhs = np.zeros((3, 3)), np.zeros(3)
+    for cam in cameras:
+        axis = np.asarray(cam['R'])[2]  # camera z in world coordinates
+        proj = np.eye(3) - np.outer(axis, axis)
+        lhs += proj
+        rhs += proj @ np.asarray(cam['T'], np.float64)
+    return np.linalg.solve(lhs, rhs)
+
+
+def place_in_h36m_volume(joints, cameras: Sequence[dict]) -> np.ndarray:
+    """Motion joints (mm, world y up, floor y = 0) -> Human3.6M's world (z up, floor z = 0) with
+    the clip's pelvis centre (middle of its horizontal range) under the cameras' look-at point.
+
+    Args:
+      joints: [T, J, 3] mm, world y up.
+      cameras: the cameras whose common look-at point is the target (:func:`look_at_point`).
+    Returns:
+      [T, J, 3] float64 mm, world z up.
+    """
+    world = np.asarray(joints, np.float64) @ Y_UP_TO_Z_UP.T
+    pelvis_xy = world[:, ROOT_JOINT, :2]
+    centre = (pelvis_xy.max(axis=0) + pelvis_xy.min(axis=0)) / 2.0
+    shift = np.zeros(3)
+    shift[:2] = look_at_point(cameras)[:2] - centre
+    return world + shift
+
+
+def project_real(joints_world, camera: dict) -> Tuple[np.ndarray, np.ndarray]:
+    """Joints seen by a real (distorting) camera: (points_px [T, J, 2], points_cam [T, J, 3] mm)."""
+    cam = geometry.Camera(optical_center=camera['T'], rot_world_to_cam=camera['R'],
+                          intrinsic_matrix=camera['K'], distortion_coeffs=camera['distortion'],
+                          world_up=(0.0, 0.0, 1.0))
+    points_cam = cam.world_to_camera(joints_world)
+    return cam.camera_to_image(points_cam), points_cam
+
+
+def _real_views_of_clip(joints, rig: Sequence[dict]):
+    """Views of one clip (y-up motion) by a subject's real cameras: (camera id, frames, px, cam, size)."""
+    world = place_in_h36m_volume(joints, rig)
+    views = []
+    for camera_id, camera in enumerate(rig):
+        px, cam = project_real(world, camera)
+        w, h = camera['size']
+        with np.errstate(invalid='ignore'):
+            ok = (np.all(cam[..., 2] >= MIN_DEPTH_MM, axis=-1)
+                  & np.all((px >= 0) & (px <= [w, h]), axis=(-1, -2)))
+        idx = np.flatnonzero(ok)
+        views.append((camera_id, idx, px[idx], cam[idx], (w, h)))
     return views
 
 
@@ -363,13 +475,22 @@ def make_lifting_set(clips: Sequence[mocap.Clip], spec: LiftingSpec = LiftingSpe
         raise ValueError('clips must not be empty')
     n_random = spec.n_random_cameras if split == 'train' else spec.eval_random_cameras
     ji = spec.joint_info
+    rigs = None
+    if spec.h36m_cameras is not None:
+        rigs = list(h36m_rigs(spec.h36m_cameras, H36M_SUBJECTS[split]).values())
+        description = (f'{description}; ' if description else '') + (
+            f'Human3.6M cameras of {", ".join(H36M_SUBJECTS[split])} ({spec.h36m_cameras})')
     parts = {key: [] for key in ('inputs', 'targets', 'camera_ids', 'subjects', 'clip_ids',
                                  'frame_ids')}
     for clip_id, clip in enumerate(clips):
         joints = bodies.format_joints(clip.motion, spec.joints, subject=clip.subject)
         rng = np.random.default_rng([int(seed), _SPLIT_CODES[split], clip_id])
-        for camera_id, idx, px, cam in _views_of_clip(joints, spec, n_random, rng):
-            parts['inputs'].append(normalize_screen_coordinates(px, *spec.image_size_px))
+        views = [view + (spec.image_size_px,) for view in _views_of_clip(
+            joints, spec, n_random, rng, rig=rigs is None)]
+        if rigs is not None:
+            views = _real_views_of_clip(joints, rigs[clip_id % len(rigs)]) + views
+        for camera_id, idx, px, cam, size in views:
+            parts['inputs'].append(normalize_screen_coordinates(px, *size))
             parts['targets'].append(root_relative(cam))
             parts['camera_ids'].append(np.full(len(idx), camera_id, np.int32))
             parts['subjects'].append(np.full(len(idx), clip.subject))

@@ -43,6 +43,8 @@ SHARING_VARIANTS: Dict[str, Dict[str, object]] = {
 }
 #: Parameter budgets of Liu et al.'s Table 4 (about 4.2M, 2.1M, 1.05M).
 PARAM_BUDGETS = (4_200_000, 2_100_000, 1_050_000)
+#: How ``channels_for_budget`` rounds a width to a parameter budget.
+BUDGET_ROUNDINGS = ('nearest', 'at_least')
 #: BatchNorm momentum equivalent to PyTorch's default 0.1 used by SemGCN and Liu et al.
 BN_MOMENTUM = 0.9
 #: Coordinates per joint of the input (2D) and output (3D).
@@ -160,19 +162,25 @@ def gcn_lifter_param_count(adjacency, channels: int = 128, n_blocks: int = 4,
 
 
 def channels_for_budget(target_params: int, adjacency, min_channels: int = 1,
-                        max_channels: int = 8192, **variant) -> int:
-    """Channel count C whose ``gcn_lifter_param_count`` is closest to ``target_params``.
+                        max_channels: int = 8192, rounding: str = 'nearest', **variant) -> int:
+    """Channel count C of a lifter for a parameter budget (``gcn_lifter_param_count``).
 
     Args:
       target_params: budget, e.g. one of ``PARAM_BUDGETS``.
       adjacency: the skeleton adjacency of the lifter.
       min_channels, max_channels: search range (inclusive).
+      rounding: 'nearest' (the C whose count is closest to the budget; ties go to the smaller C)
+        or 'at_least' (the smallest C whose count reaches the budget: Liu et al.'s widths for
+        4.2M, 512 / 128 / 128 for decoupled full / pre_agg / post_agg on ``h36m_16``, paper,
+        Table 4 text; nearest gives 511 for full).
       **variant: any other ``build_gcn_lifter`` / ``gcn_lifter_param_count`` argument except
         ``channels`` (sharing, decouple, normalization, n_blocks, non_local, ...).
     Returns:
-      int C; ties go to the smaller C. The count grows strictly with C, so this is a bisection
-      on exact counts.
+      int C (``max_channels`` when even that stays below the budget). The count grows strictly
+      with C, so this is a bisection on exact counts.
     """
+    if rounding not in BUDGET_ROUNDINGS:
+        raise ValueError(f'rounding must be one of {BUDGET_ROUNDINGS}, received {rounding!r}')
     if 'channels' in variant:
         raise ValueError(f'channels is what channels_for_budget searches; received '
                          f'channels={variant["channels"]!r}')
@@ -195,7 +203,7 @@ def channels_for_budget(target_params: int, adjacency, min_channels: int = 1,
             b = mid
         else:
             a = mid + 1
-    if a > lo and target - count(a - 1) <= count(a) - target:
+    if rounding == 'nearest' and a > lo and target - count(a - 1) <= count(a) - target:
         return a - 1
     return a
 

@@ -195,3 +195,84 @@ def test_views_closer_than_the_minimum_distance_are_dropped(clips):
     views = {camera_id: idx for camera_id, idx, _, _ in views}
     assert 0 not in views[0] and views[0].tolist() == [1, 2]
     assert 0 in views[1]
+
+
+# ------------------------------------------------------------------------- real Human3.6M cameras
+H36M_CAMERAS = (__import__('pathlib').Path(__file__).resolve().parents[3] / 'shared' / 'data' / 'real_samples'
+                / 'h36m')
+
+
+@pytest.fixture(scope='module')
+def h36m_camera_dir():
+    if not (H36M_CAMERAS / 'cameras.json').is_file():
+        pytest.skip('needs ../shared/data/real_samples/h36m/cameras.json beside the clone (the real Human3.6M '
+                    'calibrations; absent on a fresh user clone)')
+    return str(H36M_CAMERAS)
+
+
+def _independent_projection(points_world_mm, raw):
+    """Pinhole + OpenCV distortion from the raw cameras.json entry (R camera -> world, T metres)."""
+    r_cam_to_world = np.asarray(raw['R'], np.float64)
+    centre_mm = np.asarray(raw['T'], np.float64).reshape(3) * 1000.0
+    cam = (points_world_mm - centre_mm) @ r_cam_to_world  # row vectors: R^T (X - T)
+    x, y = cam[..., 0] / cam[..., 2], cam[..., 1] / cam[..., 2]
+    k1, k2, k3 = np.asarray(raw['k'], np.float64).reshape(3)
+    p1, p2 = np.asarray(raw['p'], np.float64).reshape(2)
+    r2 = x * x + y * y
+    radial = 1 + k1 * r2 + k2 * r2 ** 2 + k3 * r2 ** 3
+    xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
+    yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
+    f, c = np.asarray(raw['f'], np.float64).reshape(2), np.asarray(raw['c'], np.float64).reshape(2)
+    return np.stack([f[0] * xd + c[0], f[1] * yd + c[1]], -1), cam
+
+
+def test_real_h36m_cameras_project_like_an_independent_distorted_pinhole(h36m_camera_dir, clips):
+    import json
+    raw = json.loads((H36M_CAMERAS / 'cameras.json').read_text())
+    rigs = lifting.h36m_rigs(h36m_camera_dir)
+    assert sorted(rigs) == sorted({k.split('/')[0] for k in raw}) and all(len(r) == 4 for r in rigs.values())
+    joints = bodies.format_joints(clips[0].motion, 'h36m_16', subject=clips[0].subject)
+    for subject in ('S1', 'S9', 'S11'):
+        world = lifting.place_in_h36m_volume(joints, rigs[subject])
+        # z up, the floor at z = 0 (the motion's floor y = 0), the pelvis centre under the look-at point
+        np.testing.assert_allclose(world[..., 2], joints[..., 1], atol=1e-9)
+        pelvis = world[:, 0, :2]
+        np.testing.assert_allclose((pelvis.max(0) + pelvis.min(0)) / 2, lifting.look_at_point(rigs[subject])[:2],
+                                   atol=1e-6)
+        for camera in rigs[subject]:
+            px, cam = lifting.project_real(world, camera)
+            expected_px, expected_cam = _independent_projection(world, raw[camera['name']])
+            np.testing.assert_allclose(cam, expected_cam, atol=1e-9)
+            assert np.abs(px - expected_px).max() < 1e-6
+            assert np.all(cam[..., 2] > 2000)  # every camera sees the placed subject from 2+ m
+
+
+def test_lifting_set_with_real_cameras_uses_each_splits_subjects(h36m_camera_dir, clips):
+    import json
+    raw = json.loads((H36M_CAMERAS / 'cameras.json').read_text())
+    spec = lifting.LiftingSpec(joints='h36m_16', h36m_cameras=h36m_camera_dir, n_random_cameras=1)
+    rigs = lifting.h36m_rigs(h36m_camera_dir)
+    for split, subjects in (('train', ('S1', 'S5', 'S6')), ('test', ('S9', 'S11', 'S9'))):
+        s = lifting.make_lifting_set(clips, spec, split, seed=0)
+        assert 'Human3.6M cameras of' in s.description
+        for clip_id, subject in enumerate(subjects):  # clip k sees subject k mod n's cameras
+            joints = bodies.format_joints(clips[clip_id].motion, 'h36m_16', subject=clips[clip_id].subject)
+            world = lifting.place_in_h36m_volume(joints, rigs[subject])
+            for camera_id, camera in enumerate(rigs[subject]):
+                sel = (s.clip_ids == clip_id) & (s.camera_ids == camera_id)
+                assert sel.sum() > 0
+                frames = s.frame_ids[sel]
+                expected_px, expected_cam = _independent_projection(world[frames], raw[camera['name']])
+                w, h = raw[camera['name']]['w'], raw[camera['name']]['h']
+                np.testing.assert_allclose(lifting.image_coordinates(s.inputs[sel].astype(np.float64), w, h),
+                                           expected_px, atol=1e-3)  # float32 inputs
+                np.testing.assert_allclose(s.targets[sel], expected_cam - expected_cam[:, :1], atol=1e-2)
+        # the random extra views are kept (train only) and are the same as without real cameras
+        random_views = s.camera_ids == lifting.RANDOM_CAMERA_ID
+        assert random_views.any() == (split == 'train')
+        if split == 'train':
+            plain = lifting.make_lifting_set(clips, dataclasses.replace(spec, h36m_cameras=None), split, seed=0)
+            np.testing.assert_array_equal(s.inputs[random_views],
+                                          plain.inputs[plain.camera_ids == lifting.RANDOM_CAMERA_ID])
+    with pytest.raises(ValueError, match=r"no cameras of subjects \['S99'\]"):
+        lifting.h36m_rigs(h36m_camera_dir, ['S99'])

@@ -15,7 +15,7 @@ from posekit import skeletons
 from posekit.models.lifting import SHARING_VARIANTS, gcn_lifter_param_count
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-ADJ = skeletons.get('h36m_17').adjacency()
+ADJ = skeletons.get('h36m_16').adjacency()  # the paper's skeleton, the study's default
 
 
 def test_presets_and_config_validation():
@@ -23,6 +23,15 @@ def test_presets_and_config_validation():
     quick, paper = gws.PRESETS['default'], gws.PRESETS['paper']
     assert quick.tables == ('2', '3') and quick.channels == 128 and quick.variants == tuple(SHARING_VARIANTS)
     assert quick.jit_compile and quick.learning_rate == 1e-3
+    assert quick.joints == paper.joints == 'h36m_16' and quick.cameras == 'h36m' and len(quick.seeds) >= 3
+    assert paper.budget_rounding == 'at_least' and len(paper.seeds) >= 3
+    with pytest.raises(ValueError, match=r"seeds must be distinct ints >= 0, received \(0, 0\)"):
+        gws.Config(seeds=(0, 0))
+    with pytest.raises(ValueError, match="cameras must be one of .*received 'fisheye'"):
+        gws.Config(cameras='fisheye')
+    with pytest.raises(ValueError, match="budget_rounding must be one of .*received 'down'"):
+        gws.Config(budget_rounding='down')
+    assert common.apply_overrides(quick, ['seeds=3,4,5']).seeds == (3, 4, 5)
     assert paper.tables == ('2', '3', '4') and paper.batch_size == 64 and paper.clip_norm == 1.0
     assert (paper.learning_rate_decay, paper.learning_rate_decay_steps, paper.learning_rate_staircase) == (0.96, 100_000, True)
     with pytest.raises(ValueError, match=r"tables must be a non-empty subset of .*received \('5',\)"):
@@ -56,6 +65,10 @@ def test_plan_shares_runs_between_tables_and_matches_parameters():
         assert abs(widened - target) / target < 0.02
     runs4, rows4 = gws.plan(dataclasses.replace(gws.PRESETS['default'], tables=('4',)), ADJ)
     assert len(rows4) == 3 * 8
+    at_4_2m = {run.variant: run.channels for _, run in rows4[:8]}
+    # the paper's widths at 4.2M (paper, Sec. 4.2) for decoupled full / pre_agg / post_agg
+    for variant in ('full_dec', 'pre_agg_dec', 'post_agg_dec'):
+        assert at_4_2m[variant] == gws.PAPER_TABLE4_CHANNELS_4_2M[variant]
     for _, run in rows4:
         params = gcn_lifter_param_count(ADJ, run.channels, **SHARING_VARIANTS[run.variant])
         assert min(abs(params - b) / b for b in gws.PRESETS['default'].budgets) < 0.05
@@ -73,11 +86,32 @@ def _records(mpjpe, seeds=(0,)):
     return out
 
 
+def test_lower_beyond_spread_needs_the_gap_to_exceed_the_seeds_spread():
+    holds, evidence = gws.lower_beyond_spread([40.0, 42.0, 44.0], [50.0, 51.0, 52.0])
+    assert holds and 'difference 9.0' in evidence and '3 seeds' in evidence
+    # same means, wider spread: std 4.08 + 0.82 = 4.9 < 9 still holds; 9.80 + 0.82 = 10.6 > 9 does not
+    assert gws.lower_beyond_spread([37.0, 42.0, 47.0], [50.0, 51.0, 52.0])[0]
+    holds, evidence = gws.lower_beyond_spread([30.0, 42.0, 54.0], [50.0, 51.0, 52.0])
+    assert not holds and 'spread 10.6' in evidence
+    assert not gws.lower_beyond_spread([40.0], [50.0], min_gap=11.0)[0]
+    assert 'spread unknown' in gws.lower_beyond_spread([40.0], [50.0])[1]
+    assert gws.lower_beyond_spread([], [50.0]) == (False, 'no finite values')
+
+
 def test_findings_and_report():
     good = _records({'full': 60.0, 'full_dec': 50.0, 'pre_agg': 45.0, 'pre_agg_dec': 40.0,
                      'post_agg': 47.0, 'post_agg_dec': 42.0})
     found = gws.findings(good)
-    assert len(found) == 4 and all(c.holds for c in found)
+    assert len(found) == 5 and all(c.holds for c in found)
+    # three seeds whose spread (std 0.8 each side) hides a 1 mm difference: not reproduced
+    close = _records({'full': 60.0, 'full_dec': 59.0, 'pre_agg': 45.0, 'pre_agg_dec': 40.0,
+                      'post_agg': 47.0, 'post_agg_dec': 42.0, 'no_sharing': 41.0}, seeds=(0, 1, 2))
+    verdict = {c.claim: c.holds for c in gws.findings(close)}
+    assert not verdict['decoupling lowers MPJPE for full (Table 2 (same channels))']
+    assert verdict['decoupling lowers MPJPE for pre_agg (Table 2 (same channels))']
+    assert not verdict['decoupled pre_agg beats no_sharing (paper, Table 3: 37.83 vs 39.88 mm)']
+    assert not verdict['decoupled pre_agg is the best of the decoupled variants (full_dec, post_agg_dec, '
+                       'no_sharing; paper, Table 3)']
     bad = _records({'full': 41.0, 'full_dec': 50.0, 'pre_agg': 45.0, 'pre_agg_dec': 40.0,
                     'post_agg': 47.0, 'post_agg_dec': 42.0}, seeds=(0, 1, 2))
     verdict = {c.claim: c.holds for c in gws.findings(bad)}
@@ -85,13 +119,15 @@ def test_findings_and_report():
     assert not verdict['decoupled pre_agg beats vanilla (full, not decoupled) GCN clearly (paper: 37.8 vs 53.5 mm)']
     report = gws.markdown_report(bad, {'test_set': 'mocap:cmu_mocap_test'})
     assert '## Table 3' in report and 'NOT reproduced' in report
-    assert '| full | full | no | 128 | 0.001M | 42.0 ± 0.8 |' in report  # mean ± std over 3 seeds
+    assert '| full | full | no | 128 | 0.001M |  | 42.0 ± 0.8 |' in report  # mean ± std over 3 seeds
     table3 = report[report.index('## Table 3'):]
     rows = {line.split('|')[1].strip(): line for line in table3.splitlines() if line.startswith('| ')}
-    assert rows['full'].split('|')[9].strip() == '53.5' and rows['pre_agg_dec'].split('|')[9].strip() == '37.8'
-    assert rows['post_agg'].split('|')[9].strip() == ''  # unknown paper numbers stay blank
+    # paper, Table 3: its full-sharing row is decoupled; 'paper params' and 'paper MPJPE' columns
+    assert rows['pre_agg_dec'].split('|')[10].strip() == '37.83' and rows['pre_agg_dec'].split('|')[6].strip() == '4.22M'
+    assert rows['full'].split('|')[10].strip() == '' and rows['full'].split('|')[6].strip() == ''  # no counterpart
+    assert rows['post_agg'].split('|')[10].strip() == ''  # plain post_agg at 128 is not in the paper
     table2 = report[report.index('## Table 2 (same channels)'):report.index('## Table 3')]
-    assert '53.5' not in table2 and '37.8' not in table2  # Table 3's numbers only in Table 3
+    assert '53.53' not in table2 and '37.83' not in table2  # the paper's Table 2 pairs differ in width
 
 
 def test_mean_pose_metrics_is_the_error_of_the_training_mean():
@@ -121,6 +157,7 @@ def test_smoke_run_end_to_end(tmp_path):
     record = json.loads((out / 'results.json').read_text())
     common.validate_results(record)
     assert record['experiment'] == 'gcn_weight_sharing' and record['seeds'] == [0]
+    assert record['context']['cameras'] == 'synthetic Human3.6M-like rig (cameras=rig)'  # the smoke preset's
     records = record['results']['records']
     assert record['checks'] == [c.to_dict() for c in gws.findings(records)]
     config = gws.PRESETS['smoke']
@@ -150,3 +187,33 @@ def test_smoke_run_end_to_end(tmp_path):
     report = (out / 'results.md').read_text()
     assert '## Table 2 (matched parameters)' in report and '## Table 3' in report
     assert (out / 'curves.png').stat().st_size > 10_000
+
+
+def test_report_puts_the_papers_table2_beside_the_matched_parameter_pairs():
+    records = []
+    for variant, channels in (('full', 181), ('full_dec', 128)):
+        v = SHARING_VARIANTS[variant]
+        for seed in (0, 1, 2):
+            records.append(dict(table='2_matched_params', variant=variant, sharing=v['sharing'],
+                                decouple=v['decouple'], channels=channels, params=266_000, seed=seed,
+                                mpjpe=100.0 + seed, pa_mpjpe=80.0, val_mpjpe=90.0, steps_per_s=1.0))
+    report = gws.markdown_report(records, {'test_set': 'none', 'cameras': 'real Human3.6M cameras from X'})
+    rows = {line.split('|')[1].strip(): line.split('|') for line in report.splitlines() if line.startswith('| full')}
+    # paper, Table 2: full at 180 channels 0.27M / 53.53 mm, decoupled at 128 0.27M / 41.96 mm
+    assert (rows['full'][6].strip(), rows['full'][10].strip()) == ('0.27M', '53.53')
+    assert (rows['full_dec'][6].strip(), rows['full_dec'][10].strip()) == ('0.27M', '41.96')
+    assert 'Cameras: real Human3.6M cameras from X.' in report
+    (check,) = gws.findings(records)
+    assert not check.holds  # 101 ± 0.8 vs 101 ± 0.8: no difference
+    assert 'difference 0.0' in check.evidence
+
+
+def test_resolve_cameras_uses_the_real_file_or_says_it_falls_back(tmp_path):
+    config = gws.PRESETS['default']
+    folder, sentence = gws.resolve_cameras(config, str(tmp_path))  # no cameras.json there
+    assert folder is None and sentence.startswith('FALLBACK: no Human3.6M cameras.json') and str(tmp_path) in sentence
+    (tmp_path / 'cameras.json').write_text('{}')
+    folder, sentence = gws.resolve_cameras(config, str(tmp_path))
+    assert folder == str(tmp_path) and sentence.startswith('real Human3.6M cameras from')
+    rig = dataclasses.replace(config, cameras='rig')
+    assert gws.resolve_cameras(rig, str(tmp_path)) == (None, 'synthetic Human3.6M-like rig (cameras=rig)')

@@ -47,8 +47,8 @@ WORLD_UP = (0.0, 0.0, 1.0)
 
 
 def load_cameras(root: str) -> Dict[str, Dict[str, np.ndarray]]:
-    """{'S1/54138969': {'R' (world -> camera), 'T' (camera centre, world, mm), 'K', 'distortion'}} from
-    cameras.json (or cameras.pkl) in ``root``."""
+    """{'S1/54138969': {'R' (world -> camera), 'T' (camera centre, world, mm), 'K', 'distortion', and 'size'
+    (width, height px) when the file has w and h}} from cameras.json (or cameras.pkl) in ``root``."""
     json_path, pkl_path = os.path.join(root, 'cameras.json'), os.path.join(root, 'cameras.pkl')
     if os.path.isfile(json_path):
         raw = _common.read_json(json_path, 'Human3.6M camera file')
@@ -69,6 +69,8 @@ def load_cameras(root: str) -> Dict[str, Dict[str, np.ndarray]]:
                 distortion=np.concatenate([np.asarray(cam['k'], np.float64).reshape(3)[:2],
                                            np.asarray(cam['p'], np.float64).reshape(2),
                                            np.asarray(cam['k'], np.float64).reshape(3)[2:]]))
+            if 'w' in cam and 'h' in cam:
+                cameras[key]['size'] = (int(cam['w']), int(cam['h']))
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f'{root}: camera {key!r} lacks R, T, f, c, k or p ({e})') from None
     return cameras
