@@ -205,6 +205,16 @@ class ParDenseNet(PipelinedNetwork):
         self.clocks = clocks
         self.temporal_filters = temporal_filters
 
+    def feedback_channels(self, unit_name, channels):
+        """(start, stop) of the fed-back heatmap channels in the unit's output, or None: the stem output is
+        [stem features, heatmaps] and every dense unit's output starts with its input, so the heatmaps sit at
+        channels [stem channels, stem channels + num_keypoints) of every unit before the head."""
+        found = super().feedback_channels(unit_name, channels)
+        if not self.feedback or unit_name in (self.pipeline_units[0].name, self.pipeline_units[-1].name):
+            return found
+        start = scaled_channels(self.stem_channels, self.width)
+        return start, start + self.num_keypoints
+
     @classmethod
     def paper(cls, **overrides):
         """The full-size network of the paper (width 1, growth 64); keyword arguments override."""
