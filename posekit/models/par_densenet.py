@@ -1,6 +1,7 @@
 """Par-DenseNet: a DenseNet heatmap network as a depth-parallel pipelined video network (Carreira et al. 2018).
 
-Architecture (our reading of appendix Table 5; the table itself was not available to us, see the README notes):
+Architecture (compared row by row with appendix Table 5 in the README video section: the table lists 1x1
+transitions and 1x1 skips of 16 that we do not have, and its stated total is not reachable from its rows):
 
 - stem: 7x7 conv stride 2 (``stem_channels``), BN, ReLU, 3x3 max-pool stride 2 -> stride 4;
 - four dense blocks of ``block_sizes = (4, 8, 8, 6)`` miniblocks; a miniblock is BN-ReLU-1x1 conv
