@@ -100,7 +100,7 @@ PRESETS = {
     'default': Config(),
     'smoke': Config(families=('densenet',), crop_size=32, densenet_width=0.125, densenet_block_sizes=(1, 1, 1, 1),
                     densenet_miniblocks_per_unit=1, densenet_subnets=(1, 4), inception_width=0.125,
-                    variants=(), variant_subnets=2,
+                    variants=('feedback',), variant_subnets=2,
                     distill_densenet_subnets=(4,), n_train_clips=4, n_test_clips=2, train_frames=2,
                     eval_frames=2, eval_batch=2, batch_size=2, teacher_steps=2, finetune_steps=1,
                     timing_size=32, timing_rounds=2, timing_steps=4, timing_warmup=2, max_frames_per_clip=200),

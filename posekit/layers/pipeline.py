@@ -325,6 +325,18 @@ class PipelinedNetwork(keras.Model):
             raise ValueError(f'unit_name must be one of {names}; received unit_name={unit_name!r}')
         return self._key(names.index(unit_name), _OUT)
 
+    def feedback_channels(self, unit_name, channels):
+        """(start, stop): the channels of the unit's output (``channels`` in all) that carry the fed-back
+        heatmaps, or None. Without feedback None; the first unit's output ends with them (its own output
+        then the head's ``output_channels`` heatmaps); networks whose later units pass their input through
+        (dense concatenation) override this. Used to compare a feedback student with a teacher without it."""
+        names = [u.name for u in self.pipeline_units]
+        if unit_name not in names:
+            raise ValueError(f'unit_name must be one of {names}; received unit_name={unit_name!r}')
+        if not self.feedback or names.index(unit_name) != 0:
+            return None
+        return channels - self.pipeline_units[-1].output_channels, channels
+
     @property
     def max_rate(self):
         return max(self.rates)

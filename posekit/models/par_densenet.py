@@ -1,6 +1,7 @@
 """Par-DenseNet: a DenseNet heatmap network as a depth-parallel pipelined video network (Carreira et al. 2018).
 
-Architecture (our reading of appendix Table 5; the table itself was not available to us, see the README notes):
+Architecture (compared row by row with appendix Table 5 in the README video section: the table lists 1x1
+transitions and 1x1 skips of 16 that we do not have, and its stated total is not reachable from its rows):
 
 - stem: 7x7 conv stride 2 (``stem_channels``), BN, ReLU, 3x3 max-pool stride 2 -> stride 4;
 - four dense blocks of ``block_sizes = (4, 8, 8, 6)`` miniblocks; a miniblock is BN-ReLU-1x1 conv
@@ -204,6 +205,16 @@ class ParDenseNet(PipelinedNetwork):
         self.miniblocks_per_unit = miniblocks_per_unit
         self.clocks = clocks
         self.temporal_filters = temporal_filters
+
+    def feedback_channels(self, unit_name, channels):
+        """(start, stop) of the fed-back heatmap channels in the unit's output, or None: the stem output is
+        [stem features, heatmaps] and every dense unit's output starts with its input, so the heatmaps sit at
+        channels [stem channels, stem channels + num_keypoints) of every unit before the head."""
+        found = super().feedback_channels(unit_name, channels)
+        if not self.feedback or unit_name in (self.pipeline_units[0].name, self.pipeline_units[-1].name):
+            return found
+        start = scaled_channels(self.stem_channels, self.width)
+        return start, start + self.num_keypoints
 
     @classmethod
     def paper(cls, **overrides):

