@@ -21,7 +21,11 @@ setup(
         "opencv-python-headless",
     ],
     extras_require={
-        "test": ["pytest", "scipy", "matplotlib", "nbformat", "nbclient", "ipykernel"],
+        "test": ["pytest", "scipy", "matplotlib", "nbformat", "nbclient", "ipykernel",
+                 "tf2onnx==1.17.0", "onnx", "onnxruntime", "ai-edge-litert"],
+        # posekit.convert (TFLite/LiteRT and ONNX crop models); tf2onnx 1.17.0 is the last release and
+        # the one checked with TF 2.21 / numpy 2 / protobuf 7.
+        "convert": ["tf2onnx==1.17.0", "onnx", "onnxruntime", "ai-edge-litert"],
         "notebooks": ["matplotlib", "jupyter", "nbformat", "nbclient", "ipykernel"],
     },
 )

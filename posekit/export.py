@@ -516,8 +516,10 @@ class PoseEstimatorModule(tf.Module):
             result['poses2d'].set_shape([None, stop - start, 2])
             return result
 
+        from posekit.crop_model import make_crop_function  # raw network on crops (posekit.crop_model)
         return {'serving_default': serve.get_concrete_function(),
-                'estimate_poses': self.estimate_poses.get_concrete_function()}
+                'estimate_poses': self.estimate_poses.get_concrete_function(),
+                'crop_model': make_crop_function(self._holder.model, self._crop_size).get_concrete_function()}
 
 
 def export_model(model, joint_space, out_dir, crop_size=None, default_skeleton=DEFAULT_SKELETON,

@@ -204,6 +204,19 @@ def test_serving_default_signature_is_estimate_poses_with_default_skeleton(loade
     np.testing.assert_array_equal(full['poses3d'], want['poses3d'])
 
 
+def test_crop_model_signature_is_the_raw_network_on_crops(loaded, run_model):
+    crop_model = loaded.signatures['crop_model']
+    _, inputs = crop_model.structured_input_signature
+    assert inputs == {'images': tf.TensorSpec([None, CROP, CROP, 3], tf.float32, name='images'),
+                      'intrinsics': tf.TensorSpec([None, 3, 3], tf.float32, name='intrinsics')}
+    crops = np.stack([smooth_image(s, CROP, CROP) for s in (3, 4, 5)]).astype(np.float32)
+    ks = np.array([[[90.0 + 10 * i, 0.0, 32.0 + i], [0.0, 95.0, 31.0], [0.0, 0.0, 1.0]] for i in range(3)], np.float32)
+    got = crop_model(images=tf.constant(crops / export.PIXEL_MAX), intrinsics=tf.constant(ks))['poses3d'].numpy()
+    assert got.shape == (3, SPACE.n_joints, 3)  # every joint of the joint space (slices per skeleton)
+    # A separate trace of the same network: graph rounding only (0.0007 mm seen), not AGREEMENT_MM.
+    np.testing.assert_allclose(got, run_model(crops, ks), rtol=0, atol=0.01)
+
+
 def test_joint_names_and_edges_of_every_skeleton(loaded):
     assert [s.decode() for s in loaded.skeletons.numpy()] == list(SPACE.formats)
     assert loaded.default_skeleton.numpy() == b'h36m_17' and int(loaded.crop_size.numpy()) == CROP
