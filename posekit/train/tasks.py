@@ -235,8 +235,8 @@ def profile_in_turns(task: Task, arrays, batch_size: int, policy: str, steps: in
     Returns:
       dict: ``params``, ``trainable_params``, ``gemm_dim_typical`` and ``forward_macs_per_step``
       (``precision.gemm_sizes``), ``float32_layers``, ``compute_dtype``; ``completed_steps``; ``step_ms``
-      (every timed iteration), ``step_ms_median``, ``step_ms_spread`` (p10, p90) and ``step_ms_iqr`` (p25,
-      p75) without the first ``timing_warmup``; ``train_losses``; ``final_loss``; ``'{split}_loss'`` per
+      (every timed iteration), ``step_rounds`` (the interleaved round of each), ``step_ms_median``,
+      ``step_ms_spread`` (p10, p90) and ``step_ms_iqr`` (p25, p75) without the first ``timing_warmup``; ``train_losses``; ``final_loss``; ``'{split}_loss'`` per
       evaluation split; ``breakdown``: ``timing.step_parts_ms`` plus ``data_ms`` (median over turns),
       ``loop_overhead_ms`` (loop median minus the full step) and ``functions_ms`` (each function's minimum).
     """
@@ -279,6 +279,7 @@ def profile_in_turns(task: Task, arrays, batch_size: int, policy: str, steps: in
     trained = loop.train(model, task.loss_fn, dataset_fn, optimizer, train_config, callbacks=[recorder])
     stats = timing.summarize(recorder.durations_s[timing_warmup:])
     result.update(completed_steps=trained.final_step, step_ms=[d * timing.MS_PER_S for d in recorder.durations_s],
+                  step_rounds=list(recorder.rounds),
                   step_ms_median=stats.median_ms, step_ms_spread=list(stats.spread_ms), step_ms_iqr=list(stats.iqr_ms),
                   train_losses=recorder.losses, final_loss=float(np.mean(recorder.losses[-loss_window:])))
     data_s = []
@@ -297,3 +298,31 @@ def profile_in_turns(task: Task, arrays, batch_size: int, policy: str, steps: in
     result['breakdown'] = dict(timing.step_parts_ms(seconds), data_ms=float(np.median(data_s)) * timing.MS_PER_S,
                                loop_overhead_ms=stats.median_ms - ms['full_step'], functions_ms=ms)
     return result
+
+
+def compare_policies(results, reference: str, candidate: str, timing_warmup: int = 0):
+    """Records of one model under two policies (:func:`profile_in_turns` results with ``'policy'`` and ``'ok'``)
+    compared with the reference policy's record.
+
+    Each record gets ``speedup_vs_fp32`` (the reference's median step over the record's), ``speedup_rounds``
+    (the same ratio per interleaved round after ``timing_warmup`` steps, ``timing.round_speedups``) and
+    ``speedup_spread`` (their min and max), ``auto_choice`` (``precision.decide_policy``: ``candidate`` only if
+    at least ``precision.MIN_SPEEDUP`` times faster) and ``loss_rel_diff``, ``val_loss_rel_diff``,
+    ``test_loss_rel_diff`` (|loss - reference loss| / |reference loss| of ``final_loss``, ``val_loss``,
+    ``test_loss`` where both have them). When either policy failed, the records are returned unchanged (copies).
+    """
+    by_policy = {r['policy']: r for r in results}
+    ref, cand = by_policy.get(reference), by_policy.get(candidate)
+    if not (ref and cand and ref.get('ok') and cand.get('ok')):
+        return [dict(r) for r in results]
+    choice = precision.decide_policy(ref['step_ms_median'], cand['step_ms_median'], candidate)
+    diffs = {'final_loss': 'loss_rel_diff', 'val_loss': 'val_loss_rel_diff', 'test_loss': 'test_loss_rel_diff'}
+    out = []
+    for r in results:
+        rounds = timing.round_speedups(ref['step_ms'][timing_warmup:], ref['step_rounds'][timing_warmup:],
+                                       r['step_ms'][timing_warmup:], r['step_rounds'][timing_warmup:]).tolist()
+        out.append(dict(r, speedup_vs_fp32=ref['step_ms_median'] / r['step_ms_median'], auto_choice=choice,
+                        speedup_rounds=rounds, speedup_spread=[min(rounds), max(rounds)] if rounds else [],
+                        **{diff: abs(r[key] - ref[key]) / abs(ref[key]) if ref[key] else float('nan')
+                           for key, diff in diffs.items() if key in r and key in ref}))
+    return out

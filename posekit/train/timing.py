@@ -13,7 +13,8 @@ model variants) in turns, so a change of load hits all of them alike, and compar
   concurrently; the token is first granted once every live worker waits for it, then first come, first
   served (alternation for two workers).
 - :func:`summarize` -> :class:`StepStats` (median, p10-p90 spread, interquartile range, min and max, in
-  ms) and :func:`speedups` (the reference's median over each candidate's median).
+  ms), :func:`speedups` (the reference's median over each candidate's median) and :func:`round_speedups`
+  (one ratio of medians per interleaved round: the spread of the speed-up over rounds).
 - :func:`step_part_functions` and :func:`time_step_parts`: a training step cut into forward, loss,
   backward and optimizer parts on one fixed batch; each part is timed as the minimum over repeats
   (contention only adds time) and the parts are differences of cumulative functions (:func:`step_parts_ms`).
@@ -117,6 +118,31 @@ def speedups(medians: Mapping[str, object], reference: str) -> Dict[str, float]:
     return {name: value[reference] / median for name, median in value.items()}
 
 
+def round_speedups(reference_s, reference_rounds, candidate_s, candidate_rounds) -> np.ndarray:
+    """Per interleaved round, the reference's median duration over the candidate's (rounds both ran).
+
+    Args:
+      reference_s, candidate_s: durations (seconds) of the reference's and the candidate's timed calls.
+      reference_rounds, candidate_rounds: the round index of each duration (e.g. ``StepRecorder.rounds``).
+
+    Returns:
+      float64 [R]: one speed-up per round index present in both, in increasing round order (empty if none).
+    """
+    out, per = [], []
+    for seconds, rounds, name in ((reference_s, reference_rounds, 'reference'), (candidate_s, candidate_rounds,
+                                                                                  'candidate')):
+        seconds, rounds = np.asarray(seconds, np.float64).ravel(), np.asarray(rounds).ravel()
+        if seconds.shape != rounds.shape:
+            raise ValueError(f'{name}_s and {name}_rounds must have the same length; received {seconds.size} and '
+                             f'{rounds.size}')
+        per.append({int(r): float(np.median(seconds[rounds == r])) for r in np.unique(rounds)})
+    for r in sorted(set(per[0]) & set(per[1])):
+        if not per[1][r] > 0:
+            raise ValueError(f'candidate durations must be positive; round {r} has median {per[1][r]!r}')
+        out.append(per[0][r] / per[1][r])
+    return np.asarray(out, np.float64)
+
+
 # --------------------------------------------------------------------------------------- one process
 def interleave(candidates: Mapping[str, Callable[[], object]], rounds: int, calls: int = 1, warmup: int = 0,
                clock: Callable[[], float] = time.perf_counter,
@@ -206,6 +232,7 @@ class StepRecorder:
     after its turn began (never after the last step). ``durations_s[i]`` is the wall time of iteration
     ``i + 2`` (data, step and host sync, from the end of the previous callback: waits for the token are
     not included), so the tracing step is never timed and ``len(durations_s) == total_steps - 1``.
+    ``rounds[i]`` is the turn (0, 1, ...: the interleaved round) in which iteration ``i + 2`` ran.
 
     Args:
       turn: a :class:`Turn` (or any object with ``hand_over(message)``).
@@ -221,21 +248,24 @@ class StepRecorder:
         self.total_steps = _check_int('total_steps', total_steps, 1)
         self.clock = clock
         self.durations_s: List[float] = []
+        self.rounds: List[int] = []
         self.losses: List[float] = []
         self._start = None
         self._turn_start = None
+        self._round = -1
 
     def __call__(self, step, logs):
         now = self.clock()
         self.losses.append(float(logs['loss']))
         if self._start is not None:
             self.durations_s.append(now - self._start)
+            self.rounds.append(self._round)
         if step == 1:
             self.turn.hand_over(READY)
-            self._turn_start = self.clock()
+            self._turn_start, self._round = self.clock(), 0
         elif step < self.total_steps and now - self._turn_start >= self.turn_seconds:
             self.turn.hand_over(YIELD)
-            self._turn_start = self.clock()
+            self._turn_start, self._round = self.clock(), self._round + 1
         self._start = self.clock()
 
 
