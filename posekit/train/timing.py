@@ -36,7 +36,6 @@ import time
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
-import tensorflow as tf
 
 MS_PER_S = 1000.0
 #: Percentiles of the spread and of the interquartile range in :class:`StepStats`.
@@ -473,7 +472,7 @@ def _json_default(value):
 
 
 # ---------------------------------------------------------------------------------------- step parts
-def step_part_functions(forward: Callable[[], object], loss: Callable[[object], tf.Tensor], variables,
+def step_part_functions(forward: Callable[[], object], loss: Callable[[object], object], variables,
                         optimizer, jit_compile: bool = False) -> Dict[str, Callable[[], object]]:
     """The cumulative parts of a training step as ``tf.function``\\ s (names ``STEP_PART_FUNCTIONS``).
 
@@ -488,6 +487,8 @@ def step_part_functions(forward: Callable[[], object], loss: Callable[[object], 
       optimizer: a built Keras optimizer.
       jit_compile: XLA, as the training step.
     """
+    import tensorflow as tf  # (only here and in time_step_parts: the rest of the module needs no TensorFlow)
+
     @tf.function(jit_compile=jit_compile)
     def forward_only():
         return tf.add_n([tf.reduce_sum(tf.cast(o, tf.float32)) for o in tf.nest.flatten(forward())])
@@ -529,6 +530,7 @@ def time_step_parts(functions: Mapping[str, Callable[[], object]], repeats: int,
         (out[0] if isinstance(out, tuple) else out).numpy()
         return clock() - start
 
+    import tensorflow as tf
     for function in functions.values():
         tf.nest.map_structure(lambda t: t.numpy(), function())
     calls = {name: int(min(STEP_PART_MAX_CALLS, max(1, STEP_PART_TURN_S / max(timed(f), 1e-9))))
