@@ -10,10 +10,10 @@ training step (gradient tape, float32 loss, Adam update; ``jit_compile`` off) is
 Measurements are interleaved in rounds (``posekit.train.timing.interleave``: two untimed steps each, then
 ``--steps`` steps of every policy in turn, ``--rounds`` rounds) so a change of machine load hits both alike;
 the table gives the median step time, the speed-up (ratio of medians) with its min-max over the rounds
-(``timing.round_speedups``), the model's typical matrix-product width (``posekit.train.precision.typical_gemm_dim``) and the policy
-``choose_policy`` would pick from these times (it measures the same way). Unlike
-``experiments.mixed_precision`` it runs in one process (no per-policy memory peaks) and trains nothing to
-convergence: it is a quick sweep.
+(``timing.round_speedups``), the model's typical matrix-product width
+(``posekit.train.precision.typical_gemm_dim``) and the policy ``choose_policy`` would pick from these
+times (it measures the same way). Unlike ``experiments.mixed_precision`` it runs in one process (no
+per-policy memory peaks) and trains nothing to convergence: it is a quick sweep.
 """
 from __future__ import annotations
 

@@ -19,7 +19,8 @@ mixed-precision study (``experiments.mixed_precision``, ``tools/benchmark_precis
 
 :func:`profile_in_turns` builds a task's model under a precision policy, trains it with the loop while
 other worker processes take turns (``posekit.train.timing``) and measures it: step times, losses, model size
-and the forward/loss/backward/optimizer breakdown.
+and the forward/loss/backward/optimizer breakdown; :func:`compare_policies` compares the results of one model
+under two policies (speed-up overall and per interleaved round, loss differences, ``precision.decide_policy``).
 """
 from __future__ import annotations
 
@@ -77,7 +78,8 @@ class Task:
         """The endless stateless batch stream of ``arrays`` (``n_arrays`` aligned arrays), from batch ``start_step``."""
         arrays = tuple(arrays)
         if len(arrays) != self.n_arrays:
-            raise ValueError(f'arrays must hold {self.n_arrays} arrays for {type(self).__name__}; received {len(arrays)}')
+            raise ValueError(f'arrays must hold {self.n_arrays} arrays for {type(self).__name__}; '
+                             f'received {len(arrays)}')
         return stateless_batches(arrays, batch_size, seed, start_step, self.transform)
 
     def example_inputs(self, batch):
@@ -236,8 +238,8 @@ def profile_in_turns(task: Task, arrays, batch_size: int, policy: str, steps: in
       dict: ``params``, ``trainable_params``, ``gemm_dim_typical`` and ``forward_macs_per_step``
       (``precision.gemm_sizes``), ``float32_layers``, ``compute_dtype``; ``completed_steps``; ``step_ms``
       (every timed iteration), ``step_rounds`` (the interleaved round of each), ``step_ms_median``,
-      ``step_ms_spread`` (p10, p90) and ``step_ms_iqr`` (p25, p75) without the first ``timing_warmup``; ``train_losses``; ``final_loss``; ``'{split}_loss'`` per
-      evaluation split; ``breakdown``: ``timing.step_parts_ms`` plus ``data_ms`` (median over turns),
+      ``step_ms_spread`` (p10, p90) and ``step_ms_iqr`` (p25, p75) without the first ``timing_warmup``;
+      ``train_losses``; ``final_loss``; ``'{split}_loss'`` per evaluation split; ``breakdown``: ``timing.step_parts_ms`` plus ``data_ms`` (median over turns),
       ``loop_overhead_ms`` (loop median minus the full step) and ``functions_ms`` (each function's minimum).
     """
     if policy not in precision.POLICIES:

@@ -105,7 +105,8 @@ def test_step_recorder_hands_over_by_turn_length_and_excludes_waits():
     for step in range(1, 8):
         clock.now += 1.0  # every step takes 1 s
         recorder(step, {'loss': float(step)})
-    assert turn.messages == [timing.READY, timing.YIELD]  # after step 1, after step 4 (3 s >= 2.5 s); never after the last
+    # READY after step 1, YIELD after step 4 (3 s >= 2.5 s into the turn); never after the last step
+    assert turn.messages == [timing.READY, timing.YIELD]
     assert recorder.durations_s == [1.0] * 6 and recorder.losses == [float(s) for s in range(1, 8)]
     assert recorder.rounds == [0, 0, 0, 1, 1, 1]
     with pytest.raises(ValueError, match='turn_seconds=0'):
