@@ -166,7 +166,8 @@ def make_data(config: Config, mocap_dir: Optional[str], test_mocap_dir: Optional
             crops = synth.generate_examples(images, synth.PreparedMotion(split_clips, images.formats), split, 0,
                                             config.n_images if split == 'train' else config.n_val_images, seed)
             arrays['metrabs_backbone'] = (crops['image'], crops['coords2d'], crops['coords3d'])
-        data.update({f'{kind}.{split}.{i}': a for kind, kind_arrays in arrays.items() for i, a in enumerate(kind_arrays)})
+        data.update({f'{kind}.{split}.{i}': a for kind, kind_arrays in arrays.items() if kind in config.models
+                     for i, a in enumerate(kind_arrays)})
     log(f'data: {", ".join(f"{s} {len(c)} clips" for s, c in splits.items())} ({mocap_dir or "procedural"}); '
         + ', '.join(f'{k} {v.shape}' for k, v in data.items() if k.endswith('.0')))
     return data

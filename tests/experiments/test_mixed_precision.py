@@ -201,3 +201,24 @@ def test_discussion_sentences_follow_the_numbers():
     assert 'gets 1.20x, so `precision.choose_policy` picks mixed_bfloat16' in shrinks
     for text in (grows, shrinks):  # every sentence carries a measured number
         assert all(any(ch.isdigit() for ch in sentence) for sentence in text.split('. ') if sentence)
+
+
+def test_make_data_adds_the_external_test_motion_as_a_test_split(monkeypatch):
+    from posekit.data import mocap
+    config = mp.Config(**{**mp.dataclasses.asdict(mp.PRESETS['smoke']), 'models': ('motion_vae',)})
+    external = mocap.procedural_motions(n_subjects=2, clips_per_subject=1, seconds=2.0, fps=config.fps, seed=7)
+    calls = []
+
+    def load_mocap_folder(folder, **kwargs):
+        calls.append((folder, kwargs))
+        return external
+
+    monkeypatch.setattr(mocap, 'load_mocap_folder', load_mocap_folder)
+    data = mp.make_data(config, None, '/external/motion', seed=0, log=lambda message: None)
+    assert calls == [('/external/motion', dict(fps=config.fps, max_frames_per_clip=config.max_frames_per_clip))]
+    assert sorted(data) == [f'motion_vae.{split}.{i}' for split in ('test', 'train', 'val') for i in (0, 1)]
+    from posekit.data import bodies
+    pairs = sum(len(bodies.format_joints(c.motion, mp.MOTION_JOINTS, subject=c.subject)) - 2 for c in external)
+    assert len(data['motion_vae.test.0']) == len(data['motion_vae.test.1']) == pairs  # every state pair of the clips
+    assert data['motion_vae.test.0'].shape[1] == data['motion_vae.train.0'].shape[1] == 6 * 24
+    assert 'motion_vae.test.0' not in mp.make_data(config, None, None, seed=0, log=lambda message: None)
