@@ -114,7 +114,7 @@ PRESETS = {
                     mvae_hidden=64, mvae_batch=64, steps=8, wide_steps=8, turn_seconds=0.05, timing_warmup=1,
                     loss_window=2, val_batches=1, breakdown_repeats=1, max_frames_per_clip=40,
                     procedural_subjects=4, procedural_clips=1, procedural_seconds=2.0, n_images=16,
-                    n_val_images=8, pair_timeout_s=300.0, parallel_pairs=2),
+                    n_val_images=8, pair_timeout_s=600.0, parallel_pairs=2),
     # All five models (1x/4x GCN and motion VAE, the backbone) in <= 15 min on 2 shared cores.
     'default': Config(),
     # Longer runs and more repeats for a quiet machine (about an hour on 2 cores).
