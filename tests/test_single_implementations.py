@@ -70,3 +70,27 @@ def test_one_left_right_rule():
 def test_losses_do_not_import_models():
     text = (REPO / 'posekit/train/losses_metrabs.py').read_text()
     assert not re.search(r'^\s*(from|import) posekit\.models', text, flags=re.MULTILINE)
+
+
+TIMING_USERS = ('posekit/train/precision.py', 'experiments/mixed_precision.py', 'tools/benchmark_precision.py',
+                'tools/benchmark_training.py')
+
+
+def test_one_timing_helper():
+    # Interleaved step timing, its statistics and the worker processes taking turns live in posekit/train/timing.py;
+    # the policy choice, the mixed-precision study and both benchmarks call it and time no step themselves.
+    for name in TIMING_USERS:
+        text = (REPO / name).read_text()
+        assert re.search(r'timing\.(interleave|run_jobs_in_turns)\(', text), name
+        assert not re.search(r'np\.(median|percentile)\(|select\.select\(|os\.wait4\(', text), name
+    assert matches(r'os\.wait4\(|select\.select\(', 'posekit', 'experiments', 'tools') == {'posekit/train/timing.py': 2}
+    for name in ('posekit/train/precision.py', 'tools/benchmark_precision.py'):  # no clock of their own
+        assert 'perf_counter' not in (REPO / name).read_text(), name
+
+
+def test_one_minimum_speedup():
+    # The threshold of the policy choice is named once (precision.MIN_SPEEDUP) and written nowhere else.
+    assert matches(r'^MIN_SPEEDUP = ', 'posekit', 'experiments', 'tools') == {'posekit/train/precision.py': 1}
+    assert matches(r'\b1\.05\b', 'posekit/train') == {'posekit/train/precision.py': 1}
+    for name in TIMING_USERS[1:]:
+        assert not re.search(r'\b1\.05\b', (REPO / name).read_text()), name

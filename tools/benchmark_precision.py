@@ -7,18 +7,18 @@ Usage::
 
 For each model size and batch size, one model per policy is built (same initial weights) and its
 training step (gradient tape, float32 loss, Adam update; ``jit_compile`` off) is timed on a fixed batch.
-Measurements are interleaved in rounds (``--steps`` steps of every policy in turn, ``--rounds`` rounds) so
-a change of machine load hits both alike; the table gives the median step time over rounds, the speed-up
-the model's typical matrix-product width (``posekit.train.precision.typical_gemm_dim``) and the policy
-``choose_policy`` would pick from these times (it measures the same way). Unlike
-``experiments.mixed_precision`` it runs in one process (no per-policy memory peaks) and trains nothing to
-convergence: it is a quick sweep.
+Measurements are interleaved in rounds (``posekit.train.timing.interleave``: two untimed steps each, then
+``--steps`` steps of every policy in turn, ``--rounds`` rounds) so a change of machine load hits both alike;
+the table gives the median step time, the speed-up (ratio of medians) with its min-max over the rounds
+(``timing.round_speedups``), the model's typical matrix-product width
+(``posekit.train.precision.typical_gemm_dim``) and the policy ``choose_policy`` would pick from these
+times (it measures the same way). Unlike ``experiments.mixed_precision`` it runs in one process (no
+per-policy memory peaks) and trains nothing to convergence: it is a quick sweep.
 """
 from __future__ import annotations
 
 import sys
-import time
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 from absl import flags
@@ -28,7 +28,8 @@ from tools import _cli
 #: Joints of the lifter's skeleton and of the motion model's states (smpl_24: 6 numbers per joint).
 LIFTER_JOINTS = 'h36m_17'
 MOTION_STATE_DIM = 144
-MS_PER_S = 1000.0
+#: Untimed steps of each case before the rounds (tracing, warm-up).
+WARMUP_STEPS = 2
 
 
 class _Case:
@@ -79,44 +80,40 @@ class _Case:
             return loss
 
         self._step = step
-        with precision.global_policy(policy):
-            step().numpy()  # trace
-            step().numpy()
 
-    def time_steps(self, steps: int) -> float:
-        """Median seconds of ``steps`` training steps."""
+    def __call__(self):
+        """One training step (blocks until it is done)."""
         from posekit.train import precision
-        times = []
         with precision.global_policy(self.policy):
-            for _ in range(steps):
-                start = time.perf_counter()
-                self._step().numpy()
-                times.append(time.perf_counter() - start)
-        return float(np.median(times))
+            self._step().numpy()
 
 
 def benchmark(kind: str, size: int, batch: int, policies: Sequence[str], rounds: int, steps: int) -> Dict:
-    """Interleaved timing of one model size under every policy; returns a table row."""
+    """Interleaved timing of one model size under every policy; returns a table row (``ms``: median step ms per
+    policy; ``speedup``: first policy's median over the last's; ``speedup_spread``: min and max per round)."""
+    from posekit.train import timing
     from posekit.train.loop import count_params
-    cases = [_Case(kind, size, batch, policy) for policy in policies]
-    medians = {case.policy: [] for case in cases}
-    for _ in range(rounds):
-        for case in cases:
-            medians[case.policy].append(case.time_steps(steps))
-    ms = {policy: float(np.median(values)) * MS_PER_S for policy, values in medians.items()}
     from posekit.train.precision import decide_policy
+    cases = [_Case(kind, size, batch, policy) for policy in policies]
+    durations = timing.interleave({case.policy: case for case in cases}, rounds, calls=steps, warmup=WARMUP_STEPS)
+    ms = {policy: timing.summarize(seconds).median_ms for policy, seconds in durations.items()}
+    reference, candidate = (durations[policies[0]], durations[policies[-1]])
+    round_index = np.repeat(np.arange(rounds), steps)
+    per_round = timing.round_speedups(reference, round_index, candidate, round_index)
     return dict(kind=kind, size=size, batch=batch, params=count_params(cases[0].model),
-                gemm_dim=cases[0].gemm_dim, ms=ms, speedup=ms[policies[0]] / ms[policies[-1]],
+                gemm_dim=cases[0].gemm_dim, ms=ms, speedup=timing.speedups(ms, policies[0])[policies[-1]],
+                speedup_spread=(float(per_round.min()), float(per_round.max())),
                 choice=decide_policy(ms[policies[0]], ms[policies[-1]], policies[-1]))
 
 
 def format_table(rows: Sequence[Dict], policies: Sequence[str]) -> str:
     lines = ['| model | size | batch | params | GEMM width | ' + ' | '.join(f'{p} ms' for p in policies)
-             + ' | speed-up | choice |', '|' + '---|' * (7 + len(policies))]
+             + ' | speed-up | over rounds | choice |', '|' + '---|' * (8 + len(policies))]
     for r in rows:
         lines.append(f'| {r["kind"]} | {r["size"]} | {r["batch"]} | {r["params"] / 1e6:.2f}M | '
                      f'{r["gemm_dim"]:.0f} | ' + ' | '.join(f'{r["ms"][p]:.1f}' for p in policies)
-                     + f' | {r["speedup"]:.2f} | {r["choice"]} |')
+                     + f' | {r["speedup"]:.2f} | {r["speedup_spread"][0]:.2f}-{r["speedup_spread"][1]:.2f} | '
+                     f'{r["choice"]} |')
     return '\n'.join(lines) + '\n'
 
 

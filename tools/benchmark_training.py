@@ -12,8 +12,10 @@ chosen ``--preset`` (default: mobile_small backbone at 128 px, separate heads fo
 policy is built inside ``policy_scope``; the training step is the loop's step (gradient tape, the
 loss in float32, ``optimizer.apply`` with the max-norm constraints) on a fixed in-memory batch that
 follows the data contract (random images: compute only, no input pipeline). Measurements are
-interleaved: each round times ``--steps`` steps of every policy in turn, so a machine whose load
-changes affects all policies alike; the table reports the median (and range) over rounds.
+interleaved (``posekit.train.timing.interleave``): ``--warmup`` untimed steps each (the first traces),
+then each round times ``--steps`` steps of every policy in turn, so a machine whose load changes affects
+all policies alike; the table reports each policy's steps/s per round (steps over their summed time):
+median and range over rounds.
 ``auto`` is ``posekit.train.precision.auto_policy()`` (mixed_bfloat16 on CPUs with AVX512-BF16/AMX).
 
 With ``--examples-per-s`` (what ``tools/benchmark_data.py`` measured for the input pipeline) the
@@ -85,16 +87,13 @@ class PolicyBench:
         self._index = 0
         self.batch_size = int(batch['image'].shape[0])
 
-    def run(self, steps: int) -> float:
-        """Runs ``steps`` steps; returns steps/s (the loss is fetched each step, as the loop does)."""
+    def __call__(self):
+        """One training step (the loss is fetched, as the loop does)."""
         import tensorflow as tf
         from posekit.train.precision import global_policy
         with global_policy(self.policy):
-            start = time.perf_counter()
-            for _ in range(steps):
-                float(self._step(tf.constant(self._index, tf.int64)))
-                self._index += 1
-            return steps / (time.perf_counter() - start)
+            float(self._step(tf.constant(self._index, tf.int64)))
+        self._index += 1
 
 
 def benchmark(policies: Sequence[str], preset: str = 'default', rounds: int = 5, steps: int = 10,
@@ -105,22 +104,23 @@ def benchmark(policies: Sequence[str], preset: str = 'default', rounds: int = 5,
     config = dataclasses.replace(metrabs_acae.PRESETS[preset], jit_compile=jit_compile)
     space = metrabs_acae.joint_space()
     batch = synthetic_batch(config, space, seed)
-    benches = []
-    for policy in policies:
+    from posekit.train import timing
+    benches = {}
+    for k, policy in enumerate(policies):
         start = time.perf_counter()
         bench = PolicyBench(policy, config, space, batch, seed)
-        bench.run(warmup)  # traces and warms up
-        log(f'{policy} ({bench.policy}): built, traced and warmed up in {time.perf_counter() - start:.1f} s')
-        benches.append(bench)
-    rates = {id(b): [] for b in benches}
-    for r in range(rounds):
-        for bench in benches:
-            rates[id(bench)].append(bench.run(steps))
-        log(f'round {r + 1}/{rounds}: ' + ', '.join(f'{b.requested} {rates[id(b)][-1]:.2f}' for b in benches)
-            + ' steps/s')
+        bench()  # traces
+        log(f'{policy} ({bench.policy}): built and traced in {time.perf_counter() - start:.1f} s')
+        benches[f'{k}:{policy}'] = bench
+
+    def progress(r, durations):
+        log(f'round {r + 1}/{rounds}: ' + ', '.join(f'{b.requested} {steps / durations[key][r].sum():.2f}'
+                                                    for key, b in benches.items()) + ' steps/s')
+
+    durations = timing.interleave(benches, rounds, calls=steps, warmup=max(warmup - 1, 0), after_round=progress)
     rows = []
-    for bench in benches:
-        values = rates[id(bench)]
+    for key, bench in benches.items():
+        values = [steps / float(seconds.sum()) for seconds in durations[key]]
         median = statistics.median(values)
         rows.append(dict(policy=bench.requested, resolved=bench.policy, rates=values, median=median,
                          low=min(values), high=max(values), ms_per_step=1000.0 / median,

@@ -825,3 +825,47 @@ def synthetic_arrays(n: int, side: int, joint_valid, seed: int = 0, is_3d: bool 
         is_3d=np.full(n, bool(is_3d)),
         example_id=np.arange(n, dtype=np.int64),
     )
+
+
+# ----------------------------------------------------------------------------------------------
+# Stateless batches of in-memory arrays
+# ----------------------------------------------------------------------------------------------
+
+def stateless_batches(arrays: Sequence[np.ndarray], batch_size: int, seed: int = 0, start_step: int = 0,
+                      transform=None) -> tf.data.Dataset:
+    """Endless shuffled batches of aligned in-memory arrays, batch ``k`` a pure function of ``k``.
+
+    Batch ``k`` gathers the examples ``posekit.data.lifting.batch_indices(n, batch_size, seed, k)`` (a
+    fresh permutation per epoch, no shuffle buffer) from every array, so ``start_step=s`` yields batches
+    ``s, s + 1, ...`` at no cost: the ``dataset_fn(start_step)`` contract of
+    :func:`posekit.train.loop.train`. Used eagerly or in ``tf.data`` alike.
+
+    Args:
+      arrays: one or more arrays with the same first dimension n >= 1 (examples), kept as constants.
+      batch_size: examples per batch.
+      seed: the shuffling seed (>= 0).
+      start_step: the index of the first batch (>= 0).
+      transform: optional ``transform(tuple of batch tensors) -> element``, run inside ``Dataset.map``
+        (e.g. uint8 images to floats); the batch tuple is the element without it.
+
+    Returns:
+      A prefetched ``tf.data.Dataset`` of tuples ``(arrays[0][idx], arrays[1][idx], ...)`` (or their transform).
+    """
+    from posekit.data.lifting import batch_indices  # the one stateless index stream
+    arrays = tuple(arrays)
+    lengths = sorted({len(a) for a in arrays})
+    if not arrays or len(lengths) != 1 or lengths[0] < 1:
+        raise ValueError(f'arrays must be one or more arrays with the same first dimension >= 1; received '
+                         f'first dimensions {[len(a) for a in arrays]}')
+    for name, value, minimum in (('batch_size', batch_size, 1), ('seed', seed, 0), ('start_step', start_step, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+            raise ValueError(f'{name} must be an int >= {minimum}; received {name}={value!r}')
+    constants = [tf.constant(a) for a in arrays]
+
+    def make(step):
+        idx = batch_indices(lengths[0], int(batch_size), int(seed), step)
+        batch = tuple(tf.gather(c, idx) for c in constants)
+        return transform(batch) if transform is not None else batch
+
+    return (tf.data.Dataset.range(int(start_step), np.iinfo(np.int64).max)
+            .map(make, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE))

@@ -20,6 +20,9 @@ Training objective (:func:`motion_vae_loss`): reconstruction (squared error of t
 state, summed over the state, mean over the batch) + ``kl_weight`` x KL(q || p) (summed over the
 latent, mean over the batch), with ``z = mean_q + exp(logvar_q / 2) * noise``.
 
+Pose states (:func:`motion_state_pairs`): HuMoR-style consecutive states of a clip, joint positions
+relative to the previous frame's root on the floor (m) and joint velocities (m/s).
+
 Precision: layers follow the Keras dtype policy they are built under, except the small output layers
 (the two ``2L``-wide Gaussian heads and the decoder's last layer), which compute in float32 so that
 means, log-variances, the predicted state and the losses are float32 whatever the policy; GroupNorm
@@ -45,6 +48,7 @@ HUMOR_DECODER_FRACTIONS = (1.0, 1.0, 0.5)
 GROUP_NORM_EPSILON = 1e-3
 #: Output layers compute in this dtype whatever the policy.
 OUTPUT_DTYPE = 'float32'
+MM_PER_M = 1000.0
 
 
 def _positive_int(name, value):
@@ -208,3 +212,33 @@ def motion_vae_loss(outputs, x_next, kl_weight=1.0):
     kl = tf.reduce_mean(gaussian_kl(outputs['q_mean'], outputs['q_logvar'], outputs['p_mean'],
                                     outputs['p_logvar']))
     return reconstruction + kl_weight * kl, {'reconstruction': reconstruction, 'kl': kl}
+
+
+def motion_state_pairs(joints_mm, fps):
+    """HuMoR-style consecutive pose states of one clip: ``(x_prev, x_next)``, each [T - 2, 6 J] float32.
+
+    A state holds the joint positions relative to the previous frame's root on the floor (the root's x
+    and z subtracted, height kept; m) and the joint velocities (m/s), both frames of a pair expressed
+    relative to the same reference (the root of frame t - 1), as HuMoR canonicalizes each step. Pair k
+    is (frame k + 1, frame k + 2); a velocity is the difference to the frame before times ``fps``.
+
+    Args:
+      joints_mm: [T, J, 3] world joints (mm, y up), joint 0 the root; T >= 3.
+      fps: frame rate of the clip (> 0).
+
+    Returns:
+      (x_prev, x_next): [T - 2, 6 J] float32, positions (J x 3) then velocities (J x 3) per row.
+    """
+    joints = np.asarray(joints_mm, np.float64) / MM_PER_M
+    if joints.ndim != 3 or joints.shape[0] < 3 or joints.shape[2] != 3:
+        raise ValueError(f'joints_mm must be [T >= 3, J, 3]; received shape {joints.shape}')
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) or not fps > 0:
+        raise ValueError(f'fps must be a positive number; received fps={fps!r}')
+    velocity = np.diff(joints, axis=0) * fps  # velocity[t - 1] = (joints[t] - joints[t - 1]) * fps
+    reference = joints[1:-1, :1, :] * np.array([1.0, 0.0, 1.0])  # root of frame t - 1 on the floor
+
+    def state(positions, velocities):
+        return np.concatenate([(positions - reference).reshape(len(reference), -1),
+                               velocities.reshape(len(reference), -1)], axis=1).astype(np.float32)
+
+    return state(joints[1:-1], velocity[:-1]), state(joints[2:], velocity[1:])

@@ -4,13 +4,12 @@ Policies (Keras 3 names):
 
 - ``'float32'``: everything in float32.
 - ``'mixed_bfloat16'``: variables in float32, layer computations in bfloat16. Fast on CPUs with
-  AVX512-BF16 / AMX-BF16 for wide layers (measured on this project's Xeon: up to about 1.8x faster than
-  float32; slower for narrow ones, see below) and on TPUs/recent GPUs. No loss scaling needed (bfloat16
-  has float32's exponent range).
+  AVX512-BF16 / AMX-BF16 for wide layers (slower for narrow ones, see below) and on TPUs/recent GPUs. No
+  loss scaling needed (bfloat16 has float32's exponent range).
 - ``'mixed_float16'``: variables in float32, computations in float16, with dynamic loss scaling
   (``keras.optimizers.LossScaleOptimizer``, added by the training loop). For GPUs only: on CPUs float16
-  is emulated and extremely slow (a 4-layer 2048-wide dense stack did not finish in 13 minutes on this
-  project's Xeon), so :func:`resolve_policy` refuses it on a machine without a GPU unless asked.
+  is emulated and orders of magnitude slower (README, "Mixed precision"), so :func:`resolve_policy` refuses
+  it on a machine without a GPU unless asked.
 
 Models must be *built* inside :func:`policy_scope` (Keras layers read the global policy when they are
 constructed); losses and model outputs given to losses should be float32 (cast at the model's end, e.g. a
@@ -23,56 +22,30 @@ reduced-precision policy. Whether it pays depends on the model: on this project'
 matrix products (AMX tiles) and halves memory traffic, but adds casts, and the optimizer update and
 per-op dispatch stay as they are. :func:`choose_policy` therefore *measures*: it builds the model under
 float32 and under ``auto_policy()``, times their training steps interleaved, and keeps float32 unless the
-mixed policy is at least ``MIN_SPEEDUP`` (1.05x) faster. A static rule could not separate the measured
+mixed policy is at least ``MIN_SPEEDUP`` times faster. A static rule could not separate the measured
 cases: at the same matrix-product width (:func:`typical_gemm_dim`, the MAC-weighted median of
 min(M, K, N) of the forward pass's GEMMs, reported by the study) the GCN lifter gains and the MLP loses.
 
-Evidence (mixed_bfloat16 vs float32 training steps, this project's 2-core Xeon with AMX-BF16, shared with
-other jobs while measured -- load average 1.4-17 -- so ratios are indicative; ``python -m
-experiments.mixed_precision --preset quick`` and ``python -m tools.benchmark_precision``):
-
-=====================================================  ======  ===========  ==========
-model (training step, batch)                           width   speed-up     choice
-=====================================================  ======  ===========  ==========
-MLP (MotionVAE, hidden 128 / 256), batch 64            64      0.92 / 0.65  float32
-MLP (MotionVAE, hidden 128 / 256), batch 256           128/256 1.08 / 1.14  bfloat16
-HuMoR-like MotionVAE, hidden 1024, batch 256           256     1.26-1.83    bfloat16
-HuMoR-like MotionVAE, hidden 4096 (4x), batch 256      256     1.51-1.88    bfloat16
-GCN lifter 64 / 128 channels, batch 64                 64      1.10 / 1.23  bfloat16
-GCN lifter 128 channels, batch 256                     128     1.17-1.39    bfloat16
-GCN lifter 512 channels (4x), batch 256                256     1.45-1.55    bfloat16
-MeTRAbs backbone ``mobile_small``, 128 px, batch 32    48      0.84-0.96    float32
-=====================================================  ======  ===========  ==========
-
-(width: :func:`typical_gemm_dim`; ranges: separate runs at different machine loads.) So bfloat16 pays
-for wide matrix products (up to 1.9x at 4x width; the float32 Adam update, about half of the 4x mixed
-step, caps it) and for the memory-bound graph convolutions, but not for narrow MLPs at small batches
-(cast and dispatch overhead dominate) nor for the small depthwise-convolution backbone (narrow channels,
-element-wise-heavy). Training losses after equal steps stayed within 1 % of float32 in every case
-(validation losses too, except the backbone's inference-mode loss after 60 steps, 6.6 %: its BatchNorm
-moving statistics are far from converged).
-
-Other findings that set the defaults here: (1) XLA (``jit_compile=True``) on this CPU compiles bfloat16
-matrix products without oneDNN's AMX kernels: a [256, 4096] x [4096, 4096] bfloat16 matmul ran at ~40
-GFLOP/s under XLA and ~190 GFLOP/s without, so jit_compile should stay off under mixed_bfloat16 (for
-float32 it depends on the model: it made the ``mobile_small`` backbone ~4x slower here); (2) float16 on
-this CPU is emulated (see ``resolve_policy``); (3) the optimizer update (float32 master weights) does not
-get faster with reduced precision and bounds the speed-up of large models (Amdahl): Keras' Adam took
-~2.4 s per step for 130M parameters here (machine under load) where the fused ``ResourceApplyAdam``
-kernel took ~0.7 s; (4) keep small output layers, losses and normalization statistics in float32: the
-models here do (``MotionVAE``'s output layers, ``MetrabsHead``'s soft-argmax, Keras' normalization layers,
-the loop's float32 loss) and :func:`keep_float32` does it for a built functional model (e.g. the GCN
-lifter's 3-unit output layer, whose bfloat16 outputs would be rounded to ~4 mm at 1 m).
+The measurements behind these rules (speed-ups by model and width, the float32 optimizer update as the
+bound of large models, XLA without oneDNN's AMX kernels under bfloat16, emulated float16 on CPUs) are in
+the README ("Mixed precision" and "Benchmarks"); they are reproduced by ``python -m
+experiments.mixed_precision`` and ``python -m tools.benchmark_precision``. What follows from them here:
+``jit_compile`` stays off under mixed_bfloat16 by default; :func:`resolve_policy` refuses float16 on a CPU;
+small output layers, losses and normalization statistics stay float32 (``MotionVAE``'s output layers,
+``MetrabsHead``'s soft-argmax, Keras' normalization layers, the loop's float32 loss, and :func:`keep_float32`
+for a built functional model such as the GCN lifter, whose 3-unit bfloat16 outputs would be rounded to about
+4 mm at 1 m).
 """
 import contextlib
 import dataclasses
 import math
-import time
 import warnings
 
 import keras
 import numpy as np
 import tensorflow as tf
+
+from posekit.train import timing
 
 FLOAT32 = 'float32'
 MIXED_BFLOAT16 = 'mixed_bfloat16'
@@ -85,7 +58,8 @@ CPUINFO_PATH = '/proc/cpuinfo'
 #: :func:`choose_policy` picks the reduced-precision policy only when it makes the training step at least
 #: this much faster than float32 (below, the small gain is not worth the rounding).
 MIN_SPEEDUP = 1.05
-MS_PER_S = 1000.0
+#: Untimed training steps of each policy in :func:`choose_policy` before the timed rounds (tracing, warm-up).
+WARMUP_STEPS = 2
 #: TensorFlow op types :func:`gemm_sizes` counts (forward-pass matrix products and convolutions).
 GEMM_OP_TYPES = ('MatMul', 'BatchMatMul', 'BatchMatMulV2', 'BatchMatMulV3', 'Einsum', 'Conv2D', 'Conv3D',
                  'DepthwiseConv2dNative')
@@ -345,8 +319,9 @@ def choose_policy(build_model, loss_fn, batch, make_optimizer=None, steps=5, rou
 
     Builds the model under float32 and under ``auto_policy()`` (same seed, so the same initial weights) and
     times their training steps (gradient tape, float32 loss, optimizer update; under mixed_float16 with
-    loss scaling) on ``batch``, interleaved: ``rounds`` rounds of ``steps`` steps of each policy in turn, so
-    a change of machine load hits both alike. Returns the mixed policy only if its median step is at least
+    loss scaling) on ``batch``, interleaved (``posekit.train.timing.interleave``: ``WARMUP_STEPS`` untimed
+    steps each, then ``rounds`` rounds of ``steps`` steps of each policy in turn, so a change of machine load
+    hits both alike). Returns the mixed policy only if its median step (over all timed steps) is at least
     ``min_speedup`` times faster (module docstring: small models gain nothing or lose). Costs two builds,
     two traces and ``2 * rounds * steps`` steps; the models are discarded (build the training model inside
     ``policy_scope(choice.policy)`` and train with ``TrainConfig(precision=choice.policy)``).
@@ -375,7 +350,7 @@ def choose_policy(build_model, loss_fn, batch, make_optimizer=None, steps=5, rou
         return PolicyChoice(FLOAT32, FLOAT32, math.nan, math.nan)
     batch = tf.nest.map_structure(tf.convert_to_tensor, batch)
     step_index = tf.constant(0, tf.int64)
-    step_fns = {}
+    candidates = {}
     for policy in (FLOAT32, candidate):
         keras.utils.set_random_seed(seed)
         with policy_scope(policy):
@@ -384,18 +359,16 @@ def choose_policy(build_model, loss_fn, batch, make_optimizer=None, steps=5, rou
             if policy == MIXED_FLOAT16:
                 optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
             optimizer.build(model.trainable_variables)
-        step_fns[policy] = _timed_step(model, loss_fn, optimizer, batch, step_index, policy, jit_compile)
-    medians = {policy: [] for policy in step_fns}
-    for _ in range(rounds):
-        for policy, step in step_fns.items():
-            medians[policy].append(step(steps))
-    float32_ms, candidate_ms = (float(np.median(medians[p])) * MS_PER_S for p in (FLOAT32, candidate))
+        candidates[policy] = _training_step(model, loss_fn, optimizer, batch, step_index, policy, jit_compile)
+    durations = timing.interleave(candidates, rounds, calls=steps, warmup=WARMUP_STEPS)
+    stats = {policy: timing.summarize(seconds) for policy, seconds in durations.items()}
+    float32_ms, candidate_ms = stats[FLOAT32].median_ms, stats[candidate].median_ms
     return PolicyChoice(decide_policy(float32_ms, candidate_ms, candidate, min_speedup), candidate, float32_ms,
                         candidate_ms)
 
 
-def _timed_step(model, loss_fn, optimizer, batch, step_index, policy, jit_compile):
-    """Traces and warms one policy's training step; returns ``run(n) -> median seconds of n steps``."""
+def _training_step(model, loss_fn, optimizer, batch, step_index, policy, jit_compile):
+    """One policy's compiled training step as a zero-argument callable that blocks until the step is done."""
     variables = model.trainable_variables
     scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
 
@@ -407,16 +380,10 @@ def _timed_step(model, loss_fn, optimizer, batch, step_index, policy, jit_compil
         optimizer.apply(tape.gradient(objective, variables), variables)
         return loss
 
-    def run(n):
-        times = []
+    def run():
         with global_policy(policy):
-            for _ in range(n):
-                start = time.perf_counter()
-                step().numpy()
-                times.append(time.perf_counter() - start)
-        return float(np.median(times))
+            step().numpy()
 
-    run(2)  # trace and warm up
     return run
 
 

@@ -277,3 +277,37 @@ def test_hdf5_shards_give_the_same_batches_as_arrays(tmp_path):
     foreign.write_text('not a shard')
     with pytest.raises(ValueError, match='not an HDF5 file'):
         pipeline.stream_from_shard(foreign)
+
+
+def test_stateless_batches_are_a_pure_function_of_the_batch_index():
+    from posekit.data.lifting import batch_indices
+    n, batch = 10, 4
+    x = np.arange(n, dtype=np.float32) * 10.0
+    y = np.arange(n, dtype=np.int32)
+    stream = list(pipeline.stateless_batches((x, y), batch, seed=3).take(6))
+    for k, (xb, yb) in enumerate(stream):
+        np.testing.assert_array_equal(yb, batch_indices(n, batch, 3, k))  # the one index stream
+        np.testing.assert_array_equal(xb, 10.0 * yb.numpy())  # the arrays stay aligned
+    # every epoch (n / gcd consecutive examples) visits each example once
+    seen = np.concatenate([yb.numpy() for _, yb in stream])[:n]
+    assert sorted(seen.tolist()) == list(range(n))
+    resumed = list(pipeline.stateless_batches((x, y), batch, seed=3, start_step=4).take(2))
+    for (xa, ya), (xb, yb) in zip(stream[4:], resumed):
+        np.testing.assert_array_equal(ya, yb)
+    other = next(iter(pipeline.stateless_batches((x, y), batch, seed=4)))
+    assert not np.array_equal(other[1], stream[0][1])
+    halved = next(iter(pipeline.stateless_batches((x, y), batch, seed=3, transform=lambda b: b[0] / 2)))
+    np.testing.assert_array_equal(halved, stream[0][0].numpy() / 2)
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(arrays=(np.zeros(3), np.zeros(4))), r'first dimensions \[3, 4\]'),
+    (dict(arrays=()), 'one or more arrays'),
+    (dict(batch_size=0), 'batch_size=0'),
+    (dict(seed=-1), 'seed=-1'),
+    (dict(start_step=1.5), 'start_step=1.5'),
+])
+def test_stateless_batches_bad_arguments(kwargs, match):
+    args = dict(dict(arrays=(np.zeros(3),), batch_size=2), **kwargs)
+    with pytest.raises(ValueError, match=match):
+        pipeline.stateless_batches(**args)

@@ -10,6 +10,7 @@ import pytest
 
 from experiments import common
 from experiments import mixed_precision as mp
+from posekit.train import tasks
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SMOKE_TIMEOUT_S = 900
@@ -75,6 +76,15 @@ def test_smoke_speedup_and_loss_differences_follow_from_the_recorded_values(smok
                                                             abs(fp32['val_loss']))
         if record['policy'] == 'float32':
             assert record['speedup_vs_fp32'] == 1.0 and record['loss_rel_diff'] == 0.0
+        # per interleaved round: the ratio of the two policies' median steps in that round
+        rounds = np.array(record['step_rounds'][config.timing_warmup:])
+        fp32_rounds = np.array(fp32['step_rounds'][config.timing_warmup:])
+        common_rounds = sorted(set(rounds) & set(fp32_rounds))
+        expected = [np.median(np.array(fp32['step_ms'][config.timing_warmup:])[fp32_rounds == k])
+                    / np.median(np.array(timed)[rounds == k]) for k in common_rounds]
+        assert len(common_rounds) >= 1
+        np.testing.assert_allclose(record['speedup_rounds'], expected, rtol=1e-9)
+        assert record['speedup_spread'] == [min(expected), max(expected)]
 
 
 def test_smoke_breakdown_parts_add_up_to_the_full_step(smoke):
@@ -98,38 +108,6 @@ def test_smoke_writes_the_table_and_the_plot(smoke):
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def test_motion_state_pairs_positions_relative_to_previous_root_and_velocities():
-    fps = 10.0
-    t = np.arange(5, dtype=np.float64)
-    joints = np.zeros((5, 2, 3))
-    joints[:, 0] = np.stack([100 * t, 900 + 0 * t, 50 * t], axis=1)  # root walks along x and z (mm)
-    joints[:, 1] = joints[:, 0] + [0.0, 500.0, 20.0]
-    prev, nxt = mp.motion_state_pairs(joints, fps)
-    assert prev.shape == nxt.shape == (3, 12) and prev.dtype == np.float32
-    # pair k: frames (k + 1, k + 2), reference = root of frame k + 1 on the floor
-    np.testing.assert_allclose(prev[0, :6], [0, 0.9, 0, 0, 1.4, 0.02], atol=1e-6)
-    np.testing.assert_allclose(nxt[0, :6], [0.1, 0.9, 0.05, 0.1, 1.4, 0.07], atol=1e-6)
-    velocity = np.array([0.1, 0.0, 0.05]) * fps  # m/s
-    np.testing.assert_allclose(prev[:, 6:9], np.tile(velocity, (3, 1)), atol=1e-5)
-    np.testing.assert_allclose(nxt[:, 9:12], np.tile(velocity, (3, 1)), atol=1e-5)
-    with pytest.raises(ValueError, match='joints_mm must be'):
-        mp.motion_state_pairs(joints[:2], fps)
-
-
-def test_render_crops_centres_the_pose_with_the_margin():
-    rng = np.random.default_rng(0)
-    poses = rng.normal(size=(3, 17, 2))
-    size = 64
-    edges = [(0, 1), (1, 2)]
-    images, coords = mp.render_crops(poses, edges, size, seed=0)
-    assert images.shape == (3, size, size, 3) and images.dtype == np.uint8
-    extent = coords.max(axis=1) - coords.min(axis=1)
-    np.testing.assert_allclose(extent.max(axis=1), size / mp.CROP_MARGIN, rtol=1e-5)
-    np.testing.assert_allclose((coords.max(axis=1) + coords.min(axis=1)) / 2, (size - 1) / 2, atol=1e-4)
-    again, _ = mp.render_crops(poses, edges, size, seed=0)
-    np.testing.assert_array_equal(images, again)
-
-
 def test_plan_and_config_checks():
     names = [spec.name for spec in mp.plan(mp.PRESETS['default'])]
     assert names == ['gcn_lifter@1x', 'gcn_lifter@4x', 'motion_vae@1x', 'motion_vae@4x', 'metrabs_backbone@1x']
@@ -145,23 +123,102 @@ def test_plan_and_config_checks():
         mp.Config(mixed_policy='float16')
 
 
-def _record(model, policy, ms, loss, params=10, width=1):
+def _record(model, policy, ms, loss, params=10, width=1, rounds=(0, 0, 1, 1)):
+    step_ms = [ms * (1 + k) for k in rounds]  # round k runs at (1 + k) x the speed of round 0
     return dict(model=model, kind=model.split('@')[0], width=width, policy=policy, ok=True, step_ms_median=ms,
-                final_loss=loss, val_loss=loss, params=params, forward_macs_per_step=params)
+                final_loss=loss, val_loss=loss, params=params, forward_macs_per_step=params, step_ms=step_ms,
+                step_rounds=list(rounds))
 
 
-def test_pair_records_and_findings():
+def test_compare_policies_and_checks():
     pair = [_record('m@1x', 'float32', 100.0, 2.0), _record('m@1x', 'mixed_bfloat16', 80.0, 2.08)]
-    fp32, low = mp.pair_records(pair, 'mixed_bfloat16')
+    fp32, low = tasks.compare_policies(pair, 'float32', 'mixed_bfloat16')
     assert fp32['speedup_vs_fp32'] == 1.0 and low['speedup_vs_fp32'] == pytest.approx(1.25)
+    assert low['speedup_rounds'] == pytest.approx([1.25, 1.25]) and fp32['speedup_rounds'] == [1.0, 1.0]
     assert low['loss_rel_diff'] == pytest.approx(0.04) and low['val_loss_rel_diff'] == pytest.approx(0.04)
-    wide = mp.pair_records([_record('m@4x', 'float32', 400.0, 2.0, 100, 4),
-                            _record('m@4x', 'mixed_bfloat16', 200.0, 2.02, 100, 4)], 'mixed_bfloat16')
-    results = {claim: ok for claim, ok, _ in mp.findings([fp32, low] + wide, 'mixed_bfloat16')}
-    assert results == {'m: speed-up grows with width': True,
-                       'largest model (m@4x, 0M params) >= 1.3x faster': True,
-                       'final losses within 5 % of float32': True,
-                       '(informative) validation losses within 5 % of float32': True}
-    failed = mp.pair_records([_record('m@1x', 'float32', 100.0, 2.0), {**_record('m@1x', 'mixed_bfloat16', 1, 1),
-                                                                       'ok': False}], 'mixed_bfloat16')
+    assert low['auto_choice'] == 'mixed_bfloat16' and 'test_loss_rel_diff' not in low
+    wide = tasks.compare_policies([_record('m@4x', 'float32', 400.0, 2.0, 100, 4),
+                                   _record('m@4x', 'mixed_bfloat16', 200.0, 2.02, 100, 4)], 'float32', 'mixed_bfloat16')
+    results = {c.claim: c.holds for c in mp.checks([fp32, low] + wide, 'mixed_bfloat16')}
+    assert results == {'m: the mixed_bfloat16 speed-up grows with model size (1x -> 4x width)': True,
+                       'largest model (m@4x, 0.0M params) >= 1.3x faster': True,
+                       'final training losses of mixed_bfloat16 within 5% of float32': True,
+                       '(informative) validation losses of mixed_bfloat16 within 5% of float32': True}
+
+
+def test_checks_follow_the_numbers():
+    def pair(kind, width, params, fp32_ms, mixed_ms, loss_diff):
+        return tasks.compare_policies([_record(f'{kind}@{width}x', 'float32', fp32_ms, 2.0, params, width),
+                                       _record(f'{kind}@{width}x', 'mixed_bfloat16', mixed_ms, 2.0 * (1 + loss_diff),
+                                               params, width)], 'float32', 'mixed_bfloat16')
+    good = pair('motion_vae', 1, 10, 100.0, 80.0, 0.01) + pair('motion_vae', 4, 100, 400.0, 200.0, 0.02)
+    results = {c.claim: c.holds for c in mp.checks(good, 'mixed_bfloat16')}
+    assert results == {'motion_vae: the mixed_bfloat16 speed-up grows with model size (1x -> 4x width)': True,
+                       'largest model (motion_vae@4x, 0.0M params) >= 1.3x faster': True,
+                       'final training losses of mixed_bfloat16 within 5% of float32': True,
+                       '(informative) validation losses of mixed_bfloat16 within 5% of float32': True}
+    bad = pair('motion_vae', 1, 10, 100.0, 50.0, 0.01) + pair('motion_vae', 4, 100, 400.0, 380.0, 0.2)
+    assert [c.holds for c in mp.checks(bad, 'mixed_bfloat16')] == [False, False, False, False]
+    failed = tasks.compare_policies([_record('m@1x', 'float32', 100.0, 2.0),
+                                     {**_record('m@1x', 'mixed_bfloat16', 1, 1), 'ok': False}], 'float32', 'mixed_bfloat16')
     assert all('speedup_vs_fp32' not in r for r in failed)
+    assert [c.holds for c in mp.checks(failed, 'mixed_bfloat16')] == [False]
+
+
+def _breakdown(full, optimizer):
+    return dict(data_ms=1.0, forward_ms=full / 4, loss_ms=0.0, backward_ms=full / 2 - optimizer, optimizer_ms=optimizer,
+                full_step_ms=full, loop_overhead_ms=0.0)
+
+
+def _study(vae_1x, vae_4x, loss_diff, optimizer_ms, backbone_speedup):
+    """Records of a study whose mixed policy has the given speed-ups, loss difference and optimizer time."""
+    records = []
+    for name, speedup, params in (('motion_vae@1x', vae_1x, 9e6), ('motion_vae@4x', vae_4x, 1.3e8),
+                                  ('metrabs_backbone@1x', backbone_speedup, 2e5)):
+        width = int(name[-2])
+        fp32 = dict(_record(name, 'float32', 100.0, 2.0, params, width), breakdown=_breakdown(100.0, 20.0),
+                    gemm_dim_typical=48.0)
+        low = dict(_record(name, 'mixed_bfloat16', 100.0 / speedup, 2.0 * (1 + loss_diff), params, width),
+                   breakdown=_breakdown(100.0 / speedup, optimizer_ms), gemm_dim_typical=48.0)
+        records += tasks.compare_policies([fp32, low], 'float32', 'mixed_bfloat16')
+    return records
+
+
+def test_discussion_sentences_follow_the_numbers():
+    grows = mp.discussion(_study(1.3, 1.6, 0.001, 30.0, 0.85), 'mixed_bfloat16')
+    shrinks = mp.discussion(_study(1.02, 0.9, 0.2, 5.0, 1.2), 'mixed_bfloat16')
+    assert 'As in the paper, the gain of the HuMoR-like model grows with width: 1.30x' in grows
+    assert 'and 1.60x at 4x width (paper: about 2x)' in grows
+    assert 'Unlike in the paper, the gain of the HuMoR-like model does not grow with width: 1.02x' in shrinks
+    assert 'gains enough for `precision.choose_policy` to pick mixed_bfloat16 (1.30x >= 1.05x)' in grows
+    assert 'does not gain enough for `precision.choose_policy` to pick mixed_bfloat16 (1.02x < 1.05x)' in shrinks
+    assert 'Training losses stay within 0.1 % of float32' in grows
+    assert 'Training losses differ by up to 20.0 % of float32' in shrinks
+    # largest model motion_vae@4x: optimizer 30 of 62.5 ms (48 %) bounds the speed-up at 100 / 30 = 3.3x
+    assert 'takes 30 of the 62 ms mixed step (48 %; 20 ms in float32): it bounds the speed-up at 3.3x' in grows
+    assert 'takes 5 of the 111 ms mixed step (4 %; 20 ms in float32): it is not what limits the speed-up' in shrinks
+    assert 'gets 0.85x, so `precision.choose_policy` keeps it in float32' in grows
+    assert 'gets 1.20x, so `precision.choose_policy` picks mixed_bfloat16' in shrinks
+    for text in (grows, shrinks):  # every sentence carries a measured number
+        assert all(any(ch.isdigit() for ch in sentence) for sentence in text.split('. ') if sentence)
+
+
+def test_make_data_adds_the_external_test_motion_as_a_test_split(monkeypatch):
+    from posekit.data import mocap
+    config = mp.Config(**{**mp.dataclasses.asdict(mp.PRESETS['smoke']), 'models': ('motion_vae',)})
+    external = mocap.procedural_motions(n_subjects=2, clips_per_subject=1, seconds=2.0, fps=config.fps, seed=7)
+    calls = []
+
+    def load_mocap_folder(folder, **kwargs):
+        calls.append((folder, kwargs))
+        return external
+
+    monkeypatch.setattr(mocap, 'load_mocap_folder', load_mocap_folder)
+    data = mp.make_data(config, None, '/external/motion', seed=0, log=lambda message: None)
+    assert calls == [('/external/motion', dict(fps=config.fps, max_frames_per_clip=config.max_frames_per_clip))]
+    assert sorted(data) == [f'motion_vae.{split}.{i}' for split in ('test', 'train', 'val') for i in (0, 1)]
+    from posekit.data import bodies
+    pairs = sum(len(bodies.format_joints(c.motion, mp.MOTION_JOINTS, subject=c.subject)) - 2 for c in external)
+    assert len(data['motion_vae.test.0']) == len(data['motion_vae.test.1']) == pairs  # every state pair of the clips
+    assert data['motion_vae.test.0'].shape[1] == data['motion_vae.train.0'].shape[1] == 6 * 24
+    assert 'motion_vae.test.0' not in mp.make_data(config, None, None, seed=0, log=lambda message: None)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from posekit.models.motion_vae import MotionVAE, gaussian_kl, motion_vae_loss
+from posekit.models.motion_vae import MotionVAE, gaussian_kl, motion_state_pairs, motion_vae_loss
 from posekit.train.precision import policy_scope
 
 D, L = 12, 4  # small state and latent for fast tests
@@ -58,6 +58,46 @@ def test_outputs_float32_under_mixed_policy_with_bfloat16_hidden_layers(rng):
     assert model.encoder_layers[-1][1].compute_dtype == 'float32'  # the Gaussian head
     assert model.decoder_layers[-1][1].compute_dtype == 'float32'  # the state output
     assert all(v.dtype == 'float32' for v in model.trainable_variables)
+
+
+def test_mixed_policy_values_match_float32_within_bfloat16_rounding(rng):
+    # The same weights under both policies: bfloat16 keeps 8 significant bits (relative rounding 2^-9), so the
+    # mixed outputs follow float32 to about a percent of their scale, but are not bit-equal (they do run in bf16).
+    reference = _model()
+    with policy_scope('mixed_bfloat16'):
+        mixed = _model()
+    mixed.set_weights(reference.get_weights())
+    inputs = _inputs(rng, batch=64)
+    expected, got = reference(inputs), mixed(inputs)
+    for key in ('x_pred', 'q_mean', 'q_logvar', 'p_mean', 'p_logvar', 'z'):
+        scale = float(np.max(np.abs(expected[key])))
+        error = float(np.max(np.abs(got[key].numpy() - expected[key].numpy())))
+        assert error <= 0.03 * scale, (key, error, scale)
+        assert error > 0.0, key  # computed in bfloat16, not silently in float32
+    loss32 = float(motion_vae_loss(expected, inputs['x_next'])[0])
+    loss16 = float(motion_vae_loss(got, inputs['x_next'])[0])
+    assert abs(loss16 - loss32) <= 0.01 * abs(loss32)
+    assert got['x_pred'].dtype == expected['x_pred'].dtype == tf.float32
+
+
+def test_motion_state_pairs_positions_relative_to_previous_root_and_velocities():
+    fps = 10.0
+    t = np.arange(5, dtype=np.float64)
+    joints = np.zeros((5, 2, 3))
+    joints[:, 0] = np.stack([100 * t, 900 + 0 * t, 50 * t], axis=1)  # root walks along x and z (mm)
+    joints[:, 1] = joints[:, 0] + [0.0, 500.0, 20.0]
+    prev, nxt = motion_state_pairs(joints, fps)
+    assert prev.shape == nxt.shape == (3, 12) and prev.dtype == np.float32
+    # pair k: frames (k + 1, k + 2), reference = root of frame k + 1 on the floor
+    np.testing.assert_allclose(prev[0, :6], [0, 0.9, 0, 0, 1.4, 0.02], atol=1e-6)
+    np.testing.assert_allclose(nxt[0, :6], [0.1, 0.9, 0.05, 0.1, 1.4, 0.07], atol=1e-6)
+    velocity = np.array([0.1, 0.0, 0.05]) * fps  # m/s
+    np.testing.assert_allclose(prev[:, 6:9], np.tile(velocity, (3, 1)), atol=1e-5)
+    np.testing.assert_allclose(nxt[:, 9:12], np.tile(velocity, (3, 1)), atol=1e-5)
+    with pytest.raises(ValueError, match='joints_mm must be'):
+        motion_state_pairs(joints[:2], fps)
+    with pytest.raises(ValueError, match='fps=0'):
+        motion_state_pairs(joints, 0)
 
 
 def test_reparameterization_and_posterior_mean_without_noise(rng):
