@@ -31,8 +31,14 @@ Usage (downstream app, TensorFlow only)
     model.per_skeleton_joint_names['h36m_17'].numpy()        # [J] bytes: b'pelv', b'rhip', ...
     model.per_skeleton_joint_edges['h36m_17'].numpy()        # [E, 2] int32 (child, parent) indices
 
+    # Original MeTRAbs arguments (by keyword): calibrated, distorted camera with extrinsics -> world mm.
+    pred = model.estimate_poses(image, boxes, intrinsic_matrix=K, distortion_coeffs=d, extrinsic_matrix=E,
+                                world_up_vector=(0., 0., 1.), num_aug=5, average_aug=False)
+    pred['poses3d']   # float32 [N, A, J, 3]: mm, world frame, one pose per augmentation
+
     # If a person detector was given at export time:
-    pred = model.detect_poses(image)                          # adds 'boxes' [N, 4] and 'scores' [N]
+    pred = model.detect_poses(image)          # 'boxes' [N, 5] (x, y, w, h, score), 'scores' [N], poses
+    pred = model.detect_poses_batched(images) # ragged [B, (N_b), ...]
 
     # TF Serving / converters: the 'serving_default' signature takes image uint8 [H, W, 3] and
     # boxes float32 [N, 4] and returns {'poses3d', 'poses2d'} for the default skeleton.
@@ -40,23 +46,38 @@ Usage (downstream app, TensorFlow only)
 
 Functions of the exported object
 --------------------------------
-- ``estimate_poses(image, boxes, intrinsic_matrix=<default>, skeleton=<default>, num_aug=1)``:
-  ``image`` uint8 [H, W, 3] (RGB, 0-255); ``boxes`` float32 [N, 4] person boxes (x, y, w, h) in px of the
-  image; ``intrinsic_matrix`` float32 [3, 3] ``[[fx, skew, cx], [0, fy, cy], [0, 0, 1]]`` px, omitted
-  (or all zeros) for the default camera: a ``default_fov_degrees`` (55) field of view along the larger
-  image side with the principal point at the image centre; ``skeleton`` string scalar, one of
-  ``model.skeletons``; ``num_aug`` int32 scalar >= 1. Returns ``{'poses3d': float32 [N, J, 3] mm in the
-  camera frame of the image, 'poses2d': float32 [N, J, 2] px}``, the projection of ``poses3d`` with
-  the intrinsics (depths clamped to at least ``MIN_PROJECTION_DEPTH_MM`` = 1 mm of
-  :mod:`posekit.geometry`, so points behind the camera stay finite).
-- ``estimate_poses_batched(images, boxes, intrinsic_matrix=<default>, skeleton=<default>, num_aug=1)``:
-  ``images`` uint8 [B, H, W, 3]; ``boxes`` float32 ``tf.RaggedTensor`` [B, (N_b), 4] (ragged_rank 1);
-  ``intrinsic_matrix`` float32 [B, 3, 3] (an all-zero matrix selects the default camera for that
-  image). Returns ragged ``poses3d`` [B, (N_b), J, 3] and ``poses2d`` [B, (N_b), J, 2].
-- ``detect_poses(image, intrinsic_matrix=<default>, skeleton=<default>, num_aug=1,
-  detector_threshold=0.3, max_detections=-1)`` (only when exported with a detector): the detector's
-  boxes with score >= ``detector_threshold``, at most ``max_detections`` (-1: all) by decreasing score;
-  returns ``boxes`` [N, 4], ``scores`` [N], ``poses3d``, ``poses2d``.
+- ``estimate_poses(image, boxes, intrinsic_matrix, skeleton, num_aug, distortion_coeffs, extrinsic_matrix,
+  world_up_vector, default_fov_degrees, internal_batch_size, antialias_factor, average_aug)``: ``image``
+  uint8 [H, W, 3] (RGB, 0-255); ``boxes`` float32 [N, 4] person boxes (x, y, w, h) in px of the image;
+  ``intrinsic_matrix`` float32 [3, 3] ``[[fx, skew, cx], [0, fy, cy], [0, 0, 1]]`` px, omitted (or all
+  zeros, or all -1 as in the original) for the default camera: a ``default_fov_degrees`` (55) field of
+  view along the larger image side with the principal point at the image centre; ``skeleton`` string
+  scalar, one of ``model.skeletons``; ``num_aug`` int32 >= 1 test-time augmentations (default 1);
+  ``distortion_coeffs`` float32 [n <= 12] OpenCV coefficients (k1, k2, p1, p2, k3, ...): the crops are
+  undistorted and ``poses2d`` distorted; ``extrinsic_matrix`` float32 [4, 4] world -> camera (mm) and
+  ``world_up_vector`` [3] (default (0, -1, 0)): crops upright w.r.t. the world's up, ``poses3d`` in world
+  coordinates; ``internal_batch_size`` crops per network call (``internal_batch_size // num_aug`` whole
+  boxes, 0: all at once; results do not depend on it); ``antialias_factor`` 1-4; ``average_aug`` (default
+  True; False keeps the augmentation axis A). Returns ``{'poses3d': float32 [N, J, 3] (or [N, A, J, 3])
+  mm, 'poses2d': float32 [N, J, 2] (or [N, A, J, 2]) px}``: ``poses2d`` is the mean of the projections of
+  the augmentations' camera-frame poses with the intrinsics and distortion (depths clamped to at least
+  ``MIN_PROJECTION_DEPTH_MM`` = 1 mm of :mod:`posekit.geometry`, so points behind the camera stay finite).
+- ``estimate_poses_batched(images, boxes, intrinsic_matrix, skeleton, num_aug, distortion_coeffs,
+  extrinsic_matrix, world_up_vector, ...)``: ``images`` uint8 [B, H, W, 3]; ``boxes`` float32
+  ``tf.RaggedTensor`` [B, (N_b), 4] (ragged_rank 1); ``intrinsic_matrix`` [B, 3, 3] or [1, 3, 3]
+  (broadcast; an all-zero matrix selects the default camera), ``distortion_coeffs`` [B or 1, n],
+  ``extrinsic_matrix`` [B or 1, 4, 4] (each omitted: defaults). Returns ragged ``poses3d``
+  [B, (N_b), J, 3] and ``poses2d`` [B, (N_b), J, 2] (with the A axis when ``average_aug`` is False).
+- ``detect_poses(image, intrinsic_matrix, skeleton, num_aug, detector_threshold=0.3, max_detections=-1,
+  <the estimate_poses arguments>, detector_nms_iou_threshold=0.7, detector_flip_aug=False,
+  suppress_implausible_poses=True)`` and ``detect_poses_batched(images, ...)`` (only when exported with
+  a detector): the detector's boxes (also on the mirrored image with ``detector_flip_aug``) with score
+  >= ``detector_threshold``, after non-maximum suppression at ``detector_nms_iou_threshold``, at most
+  ``max_detections`` (-1: all) by decreasing score; detections smaller than ``MIN_BOX_SIZE_PX`` or outside
+  the image are dropped. With ``suppress_implausible_poses`` the poses with implausible bone lengths,
+  disagreeing augmentations or a 2D pose outside their box are dropped, then duplicates (pose NMS);
+  see "Plausibility filter". Returns ``boxes`` [N, 5] (x, y, w, h, score), ``scores`` [N], ``poses3d``,
+  ``poses2d``.
 - Attributes: ``skeletons`` (string [F]), ``per_skeleton_joint_names`` (dict format -> string [J]),
   ``per_skeleton_joint_edges`` (dict format -> int32 [E, 2] (child, parent) pairs),
   ``default_skeleton`` (string scalar), ``crop_size`` (int32 scalar) -- all ``tf.Variable``: read them
@@ -70,12 +91,28 @@ Inputs and errors
 Every function has an input signature, so it is traced once and never retraces for new shapes.
 TensorFlow converts numpy arrays and Python lists to the signature's dtype (float64 boxes or
 intrinsics are fine), but tensors of another dtype or rank are rejected with a ``TypeError`` listing
-the expected ``TensorSpec`` (e.g. a float32 image tensor, boxes [N, 3]). Because that conversion would
-silently truncate a numpy float image in [0, 1] to zeros, an image whose pixels are all 0 or 1 is
-rejected when it has boxes (such an image is black: there is no pose to estimate). An unknown
-skeleton, non-finite or malformed intrinsics, non-finite boxes or boxes without positive width and
-height, an empty image, ``num_aug < 1`` or a batch whose boxes do not have one row per image raise
-``InvalidArgumentError`` with a message naming the argument.
+the expected ``TensorSpec`` (e.g. a float32 or int32 image tensor, boxes [N, 3]). Because that conversion
+would silently truncate a numpy float image in [0, 1] to zeros, an image whose pixels are all 0 or 1 is
+rejected when it has boxes (such an image is black: there is no pose to estimate); a numpy integer image
+is wrapped to uint8 by that conversion before the graph runs (a known limit: pass tensors or clip).
+``InvalidArgumentError`` naming the argument and its value: an unknown skeleton, non-finite, malformed
+or singular intrinsics, focal lengths outside ``FOCAL_RANGE`` x the image's larger side, non-finite boxes,
+boxes without positive width and height, narrower or lower than ``MIN_BOX_SIZE_PX``, larger than
+``MAX_BOX_SIZE_FACTOR`` x the image's larger side or not overlapping the image, an empty image,
+``num_aug < 1``, ``internal_batch_size < 0``, ``antialias_factor`` outside [1, ``MAX_ANTIALIAS_FACTOR``],
+``default_fov_degrees`` outside (0, 180), bad ``distortion_coeffs``, ``extrinsic_matrix`` or
+``world_up_vector``, and batches whose boxes or per-image arguments do not have one row per image.
+
+Plausibility filter
+-------------------
+As in the original MeTRAbs (camera frame, all joints of the model): a pose is implausible when any bone
+of ``joint_space.edges`` has length l with (l / m < 0.1 or l / m > 3) and |l - m| > 300 mm for the
+reference length m (``export_model(reference_bone_lengths=...)``); when fewer than J // 4 joints have a
+spread below 200 mm over the augmentations (each scaled about the camera origin to their mean RMS); or
+when the box around the mean 2D pose covers at most half of the detection box. Among the others,
+pose NMS: similarity = mean of ``max(0, 1 - d / 300 mm)`` over the J // 4 largest joint distances d of
+two poses scaled to their common RMS, duplicates above 0.4 of a better-scored pose of the same image are
+dropped.
 
 Method (MeTRAbs test time)
 --------------------------
@@ -88,9 +125,10 @@ crop. This is :func:`posekit.geometry.crop_camera`, the same function that aims 
 at a times the size and average-pooled). The network's ``coords3d_abs`` (crop camera frame) are rotated
 back by ``M^T``; ``poses2d`` is their projection with the image intrinsics. Test-time augmentation
 ``a`` of ``num_aug`` rolls the crop camera about its optical axis by an angle from
-``linspace(-tta_roll_degrees, +tta_roll_degrees, num_aug)`` (0 when ``num_aug`` is 1) and mirrors it
-when ``(a - num_aug // 2)`` is odd; mirrored predictions go through the joint space's mirror
-permutation. The augmentations are averaged in the image camera frame.
+``linspace(-tta_roll_degrees, +tta_roll_degrees, num_aug)`` (0 when ``num_aug`` is 1), mirrors it
+when ``(a - num_aug // 2)`` is odd, zooms it and changes the crop's gamma (:func:`tta_variations`);
+mirrored predictions go through the joint space's mirror permutation. The augmentations are averaged
+in the image camera frame (or the world frame: the same, the transform is affine).
 
 Detector interface
 ------------------
