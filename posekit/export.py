@@ -59,8 +59,8 @@ Functions of the exported object
   coordinates; ``internal_batch_size`` crops per network call (``internal_batch_size // num_aug`` whole
   boxes, 0: all at once; results do not depend on it); ``antialias_factor`` 1-4; ``average_aug`` (default
   True; False keeps the augmentation axis A). Returns ``{'poses3d': float32 [N, J, 3] (or [N, A, J, 3])
-  mm, 'poses2d': float32 [N, J, 2] (or [N, A, J, 2]) px}``: ``poses2d`` is the mean of the projections of
-  the augmentations' camera-frame poses with the intrinsics and distortion (depths clamped to at least
+  mm, 'poses2d': float32 [N, J, 2] (or [N, A, J, 2]) px}``: ``poses2d`` is the projection of the (averaged)
+  camera-frame poses with the intrinsics and distortion (depths clamped to at least
   ``MIN_PROJECTION_DEPTH_MM`` = 1 mm of :mod:`posekit.geometry`, so points behind the camera stay finite).
 - ``estimate_poses_batched(images, boxes, intrinsic_matrix, skeleton, num_aug, distortion_coeffs,
   extrinsic_matrix, world_up_vector, ...)``: ``images`` uint8 [B, H, W, 3]; ``boxes`` float32
@@ -298,6 +298,16 @@ def uncrop_poses(coords, rotation, flips, mirror):
     coords = tf.cast(coords, tf.float64)
     coords = tf.where(tf.reshape(tf.cast(flips, tf.bool), [-1, 1, 1]), tf.gather(coords, mirror, axis=1), coords)
     return tf.einsum('tji,tkj->tki', tf.cast(rotation, tf.float64), coords)
+
+
+def _project(points, intrinsics, distortion_coeffs):
+    """[T, ..., 2] px: :func:`posekit.geometry.project_tf` of [T, ..., 3] camera points with [T, 3, 3] K and
+    [T, 12] coefficients (the distortion-free formula where all coefficients are 0, bit-identical to it)."""
+    distorted = tf.reduce_any(tf.not_equal(distortion_coeffs, 0.0), axis=-1)
+    distorted = tf.reshape(distorted, tf.concat([tf.shape(distorted), tf.ones([points.shape.rank - 1], tf.int32)], 0))
+    return tf.where(distorted, geometry.project_tf(points, intrinsics, distortion_coeffs=distortion_coeffs,
+                                                   min_depth=geometry.MIN_PROJECTION_DEPTH_MM),
+                    geometry.project_tf(points, intrinsics, min_depth=geometry.MIN_PROJECTION_DEPTH_MM))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -585,9 +595,7 @@ class PoseEstimatorModule(tf.Module):
         _, outputs = tf.while_loop(lambda i, _: i < n_chunks, body, (tf.constant(0), outputs))
         coords = outputs.concat()
         coords = uncrop_poses(coords, rotation, rep_flips, self._mirror)  # [T*A, J, 3] image camera frame
-        poses2d = tf.where(distorted, geometry.project_tf(coords, rep_k, distortion_coeffs=rep_d,
-                                                          min_depth=geometry.MIN_PROJECTION_DEPTH_MM),
-                           geometry.project_tf(coords, rep_k, min_depth=geometry.MIN_PROJECTION_DEPTH_MM))
+        poses2d = _project(coords, rep_k, rep_d)
         shape3 = tf.stack([n_boxes, num_aug, n_joints, 3])
         return dict(poses3d=tf.reshape(coords, shape3),
                     poses2d=tf.reshape(poses2d, tf.stack([n_boxes, num_aug, n_joints, 2])))
@@ -680,12 +688,15 @@ class PoseEstimatorModule(tf.Module):
         box_e = tf.gather(e, tf.gather(image_ids, keep))  # [K, 4, 4]
         rot, trans = box_e[:, :3, :3], box_e[:, :3, 3]
         # World points: R^T (X - t).
+        # The averaged poses2d is the projection of the averaged camera-frame pose.
+        box_ids = tf.gather(image_ids, keep)
+        mean2d = _project(tf.reduce_mean(poses3d, axis=1), tf.gather(k, box_ids), tf.gather(d, box_ids))
         poses3d = tf.einsum('kji,kanj->kani', rot, poses3d - trans[:, tf.newaxis, tf.newaxis, :])
         poses3d = tf.cast(tf.gather(poses3d, joint_indices, axis=2), tf.float32)
         poses2d = tf.cast(tf.gather(poses2d, joint_indices, axis=2), tf.float32)
-        result = {}
-        for key, value in (('poses3d', poses3d), ('poses2d', poses2d)):
-            result[key] = tf.cond(average_aug, lambda v=value: tf.reduce_mean(v, axis=1), lambda v=value: v)
+        mean2d = tf.cast(tf.gather(mean2d, joint_indices, axis=1), tf.float32)
+        result = dict(poses3d=tf.cond(average_aug, lambda: tf.reduce_mean(poses3d, axis=1), lambda: poses3d),
+                      poses2d=tf.cond(average_aug, lambda: mean2d, lambda: poses2d))
         return keep, result
 
     # -- exported functions ---------------------------------------------------------------------
