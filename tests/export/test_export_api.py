@@ -128,7 +128,9 @@ def test_average_aug_false_returns_every_augmentation(loaded):
     k = K_IMAGE.astype(np.float64)
     for poses3d, poses2d in ((each['poses3d'], each['poses2d']), (averaged['poses3d'], averaged['poses2d'])):
         p = poses3d.numpy().astype(np.float64) @ k.T
-        np.testing.assert_allclose(poses2d, p[..., :2] / np.maximum(p[..., 2:], 1.0), rtol=1e-4, atol=1e-2)
+        in_front = p[..., 2] > 2 * geometry.MIN_PROJECTION_DEPTH_MM  # (the random model puts some joints behind)
+        np.testing.assert_allclose(poses2d.numpy()[in_front], (p[..., :2] / p[..., 2:])[in_front], rtol=1e-4,
+                                   atol=1e-2)
     # The augmentations differ (roll, flip, gamma, zoom).
     assert np.abs(np.diff(each['poses3d'].numpy(), axis=1)).max() > 1e-3
 
@@ -270,7 +272,7 @@ def test_suppress_implausible_poses_constructed_case(net):
     ([[500.0, 500.0, 40.0, 40.0]], 'boxes must overlap the image'),
     ([[-100.0, 10.0, 50.0, 50.0]], 'boxes must overlap the image'),
     ([[30.0, 20.0, 1e-6, 1e-6]], 'boxes must be at least 2.0 px wide and high'),
-    ([[0.0, 0.0, 1e9, 1e9]], r"boxes must be at most 10.0 x the image's larger side"),
+    ([[0.0, 0.0, 1e9, 1e9]], 'boxes must be at most 10.0 x the image'),
 ])
 def test_absurd_boxes_are_refused(loaded, boxes, message):
     with pytest.raises(ERRORS, match=message):
@@ -295,7 +297,7 @@ def test_absurd_cameras_and_arguments_are_refused(loaded):
     singular[1] = 0.0
     with pytest.raises(ERRORS, match='intrinsic_matrix must be'):
         loaded.estimate_poses(image, BOXES, singular)
-    with pytest.raises(ERRORS, match='num_aug must be >= 1; received num_aug: -1'):
+    with pytest.raises(ERRORS, match=r'num_aug must be >= 1; received num_aug:\] \[-1\]'):
         loaded.estimate_poses(image, BOXES, num_aug=-1)
     with pytest.raises(ERRORS, match='internal_batch_size must be >= 0'):
         loaded.estimate_poses(image, BOXES, internal_batch_size=-2)
