@@ -43,9 +43,13 @@ def test_bad_values_name_their_flag_or_key(tmp_path):
     assert not list(tmp_path.iterdir())  # refused before any work
 
 
-def test_mixed_precision_has_no_test_mocap_flag():
+def test_mixed_precision_reads_its_test_mocap_flag():
+    """Issue 16: the flag is accepted only because it is used (the external motion becomes the 'test' split)."""
     run = _run('experiments.mixed_precision', '--helpfull')
-    assert '--mocap-dir' in run.stdout and '--test-mocap-dir' not in run.stdout
+    assert '--mocap-dir' in run.stdout and '--test-mocap-dir' in run.stdout and '--strategy' not in run.stdout
+    source = (pathlib.Path(common.__file__).parent / 'mixed_precision.py').read_text()
+    assert "common.test_mocap_dir(FLAGS['test-mocap-dir'].value)" in source
+    assert "splits['test'] = mocap.load_mocap_folder(test_mocap_dir" in source
 
 
 def test_check_and_results_schema(tmp_path):
