@@ -259,7 +259,7 @@ def test_smoke_run_refuses_to_overwrite_and_resumes(metrabs_smoke_run, run_metra
 
 def test_smoke_run_of_the_latent_and_hybrid_variants(run_metrabs_smoke, tmp_path):
     out = tmp_path / 'latent_hybrid'
-    process, _ = run_metrabs_smoke(out, '--variant=latent,hybrid')
+    process, _ = run_metrabs_smoke(out, '--variant=latent,hybrid', '--set', 'export=False')  # export: tested elsewhere
     assert process.returncode == 0, process.stderr[-3000:]
     record = json.loads((out / 'results.json').read_text())
     results = record['results']
@@ -270,7 +270,7 @@ def test_smoke_run_of_the_latent_and_hybrid_variants(run_metrabs_smoke, tmp_path
         # far below the separate heads' ACAE residual.
         for variant in ('latent', 'hybrid'):
             assert m[variant]['consistency']['acae_residual_mm'] < 0.5 * m['stage1']['consistency']['acae_residual_mm']
-    assert (out / 'saved_model' / 'saved_model.pb').is_file()  # the first variant (latent) is exported
+    assert not (out / 'saved_model').exists()
     assert record['context']['training']['stage2_hybrid']['steps'] == 24
 
 
