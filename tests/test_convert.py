@@ -134,3 +134,17 @@ def test_bad_inputs_give_clear_errors(tmp_path, model):
         crop_model.make_crop_function(model, 0)
     with pytest.raises(ImportError, match='pip install no-such-package-posekit'):
         convert.require('no_such_module_posekit', 'no-such-package-posekit')
+
+
+@requires_litert
+def test_convert_tool_checks_on_rendered_people(saved, tmp_path, capsys):
+    from tools import convert as convert_tool
+    assert convert_tool.main(['--saved-model', str(saved), '--out', str(tmp_path / 'c'), '--formats', 'tflite_float32',
+                              '--check-crops', '3']) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(f'tflite_float32: {tmp_path / "c"}') and 'on 3 rendered people' in line
+    max_diff = float(line.split('max |diff| ')[1].split(' mm')[0])
+    assert 0 <= max_diff < FLOAT32_TOLERANCE_MM
+    images, k = convert_tool.check_crops(CROP, 3)
+    assert images.shape == (3, CROP, CROP, 3) and images.dtype == np.float32 and 0 <= images.min() < images.max() <= 1
+    assert k.shape == (3, 3, 3) and np.allclose(k[:, 2], [0, 0, 1])

@@ -189,13 +189,19 @@ class Scene:
     shadow_strength: float = 0.5
 
 
-def pixel_rays(intrinsics: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
-    """[H, W, 3] float32 camera-frame ray directions with z = 1 through each pixel centre."""
-    height, width = shape
+def _ray_xy(intrinsics: np.ndarray, height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
+    """x, y float32 [H * W] (row-major) of the camera-frame rays (x, y, 1) through the pixel centres."""
     k = np.asarray(intrinsics, np.float64)
     u, v = _pixel_grid(height, width)
     y = (v - np.float32(k[1, 2])) * np.float32(1.0 / k[1, 1])
     x = (u - np.float32(k[0, 2]) - np.float32(k[0, 1]) * y) * np.float32(1.0 / k[0, 0])
+    return x, y
+
+
+def pixel_rays(intrinsics: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
+    """[H, W, 3] float32 camera-frame ray directions with z = 1 through each pixel centre."""
+    height, width = shape
+    x, y = _ray_xy(intrinsics, height, width)
     return np.stack([x, y, np.ones_like(x)], -1).reshape(height, width, 3)
 
 
@@ -343,11 +349,7 @@ class Capsules:
 
 def unit_rays(intrinsics: np.ndarray, shape: Tuple[int, int]) -> np.ndarray:
     """[3, H * W] float32 unit camera-frame ray directions through the pixel centres (row-major)."""
-    height, width = shape
-    k = np.asarray(intrinsics, np.float64)
-    u, v = _pixel_grid(height, width)
-    y = (v - np.float32(k[1, 2])) * np.float32(1.0 / k[1, 1])
-    x = (u - np.float32(k[0, 2]) - np.float32(k[0, 1]) * y) * np.float32(1.0 / k[0, 0])
+    x, y = _ray_xy(intrinsics, *shape)
     inv = 1.0 / np.sqrt(x * x + y * y + 1.0)
     return np.stack([x * inv, y * inv, inv])
 
