@@ -11,10 +11,9 @@ def _checkpoint_arrays(out, stage):
     return folder.name, {k: arrays[k] for k in arrays.files}
 
 
-def test_two_smoke_runs_are_bit_identical(metrabs_smoke_run, run_metrabs_smoke, tmp_path):
+def test_two_smoke_runs_are_bit_identical(metrabs_smoke_run, metrabs_runs):
     first, _, _ = metrabs_smoke_run
-    second = tmp_path / 'again'
-    process, _ = run_metrabs_smoke(second, '--set', 'export=False')  # the export does not change results
+    (second, process, _), = metrabs_runs['again']  # run at the same time as the first (conftest)
     assert process.returncode == 0, process.stderr[-3000:]
     a = json.loads((first / 'results.json').read_text())
     b = json.loads((second / 'results.json').read_text())
@@ -33,17 +32,14 @@ def test_two_smoke_runs_are_bit_identical(metrabs_smoke_run, run_metrabs_smoke, 
         assert acae_a[key].tobytes() == acae_b[key].tobytes(), key
 
 
-def test_precision_choice_is_recorded_and_reused(run_metrabs_smoke, tmp_path):
+def test_precision_choice_is_recorded_and_reused(metrabs_runs):
     """The policy chosen from timings ('auto') is written to precision.json and reused without timing again."""
-    out = tmp_path / 'run'
-    flags = ['--set', 'stop_after=stage1', '--set', 'stage1_steps=2', '--set', 'precision=auto']
-    process, _ = run_metrabs_smoke(out, *flags)
+    (out, process, _), (_, resumed, _) = metrabs_runs['precision']  # a stage-1 run, then --resume in its folder
     assert process.returncode == 0, process.stderr[-3000:]
     recorded = json.loads((out / 'precision.json').read_text())
     assert recorded['requested'] == 'auto' and recorded['policy'] in ('float32', 'mixed_bfloat16', 'mixed_float16')
     assert 'choose_policy' in process.stderr  # timed
-    # Resume in the same folder: the recorded choice, no timing.
-    process, _ = run_metrabs_smoke(out, *flags, '--resume')
-    assert process.returncode == 0, process.stderr[-3000:]
-    assert 'choose_policy' not in process.stderr
-    assert f"precision 'auto' -> {recorded['policy']} (recorded in" in process.stderr
+    # Resumed in the same folder: the recorded choice, no timing.
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert 'choose_policy' not in resumed.stderr
+    assert f"precision 'auto' -> {recorded['policy']} (recorded in" in resumed.stderr

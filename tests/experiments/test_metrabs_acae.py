@@ -2,7 +2,6 @@
 import dataclasses
 import json
 import math
-import pathlib
 
 import keras
 import numpy as np
@@ -257,9 +256,8 @@ def test_smoke_run_refuses_to_overwrite_and_resumes(metrabs_smoke_run, run_metra
     assert after['context']['training']['stage1']['steps'] == 40
 
 
-def test_smoke_run_of_the_latent_and_hybrid_variants(run_metrabs_smoke, tmp_path):
-    out = tmp_path / 'latent_hybrid'
-    process, _ = run_metrabs_smoke(out, '--variant=latent,hybrid', '--set', 'export=False')  # export: tested elsewhere
+def test_smoke_run_of_the_latent_and_hybrid_variants(metrabs_runs):
+    (out, process, _), = metrabs_runs['latent_hybrid']  # --variant=latent,hybrid, no export (conftest)
     assert process.returncode == 0, process.stderr[-3000:]
     record = json.loads((out / 'results.json').read_text())
     results = record['results']
@@ -275,41 +273,13 @@ def test_smoke_run_of_the_latent_and_hybrid_variants(run_metrabs_smoke, tmp_path
 
 
 # ------------------------------------------------------------------------------------------- real datasets
-REAL = pathlib.Path(__file__).resolve().parents[3] / 'shared' / 'data' / 'real_samples'
-
-
-def _write_manifest(folder, n=6):
-    """A manifest of rendered full frames with cameras (half of them with lens distortion), written as JPEGs."""
-    import cv2
-    from posekit.data import synth
-    spec = [s for s in synth.preset_specs('smoke', crop_size=64) if s.name == 'mpi_like'][0]
-    motion = synth.PreparedMotion(synth.load_motion_splits(None, seed=3, max_frames_per_clip=30).train)
-    items = []
-    for i in range(n):
-        frame = synth.render_full_frame(spec, motion, 'train', i, seed=3, image_shape=(240, 320),
-                                        distortion_coeffs=[-0.2, 0.05, 0, 0, 0] if i % 2 else None)
-        cv2.imwrite(str(folder / f'frame{i}.jpg'), cv2.cvtColor(frame['image'], cv2.COLOR_RGB2BGR))
-        items.append({'image': f'frame{i}.jpg', 'split': 'train', 'box': frame['box'].tolist(),
-                      'joints3d': frame['joints3d'].tolist(), 'subject': frame['subject'],
-                      'camera': {'intrinsic_matrix': frame['intrinsics'].tolist(),
-                                 'rotation': frame['rotation'].tolist(), 'translation': frame['translation'].tolist(),
-                                 'distortion': frame['distortion'].tolist(), 'world_up': frame['world_up'].tolist()}})
-    path = folder / 'labels.json'
-    path.write_text(json.dumps({'dataset': 'my_lab', 'skeleton': frame['skeleton'], 'examples': items}))
-    return path
-
-
-def test_smoke_run_on_real_datasets_a_manifest_and_synthetic_data(run_metrabs_smoke, tmp_path):
+def test_smoke_run_on_real_datasets_a_manifest_and_synthetic_data(metrabs_runs):
     """Real frames (Human3.6M, MPI-INF-3DHP, COCO of real_samples; plumbing only, no reported accuracy) and an
-    own-data manifest mixed with synthetic datasets: every stage runs, the model predicts every skeleton."""
-    if not REAL.is_dir():
+    own-data manifest of rendered full frames (conftest.write_manifest) mixed with synthetic datasets: every
+    stage runs, the model predicts every skeleton."""
+    if 'real' not in metrabs_runs:
         pytest.skip('needs ../shared/data/real_samples beside the clone (present in CI)')
-    manifest = _write_manifest(tmp_path)
-    out = tmp_path / 'real'
-    datasets = (f'h36m={REAL / "h36m"},mpi_inf_3dhp={REAL / "mpi_inf_3dhp"},'
-                f'coco={REAL / "coco"};annotation_file=test_coco.json;image_dir=,my_lab={manifest},h36m_like,coco_like')
-    composition = 'h36m=1,mpi_inf_3dhp=1,my_lab=2,h36m_like=2,coco=1,coco_like=1'
-    process, _ = run_metrabs_smoke(out, f'--datasets={datasets}', f'--composition={composition}')
+    (out, process, _), = metrabs_runs['real']
     assert process.returncode == 0, process.stderr[-3000:]
     record = json.loads((out / 'results.json').read_text())
     common.validate_results(record)
