@@ -198,9 +198,9 @@ PRESETS = {
                     cameras='rig',
                     val_curve_examples=1024, log_every=25, jit_compile=False, fps=10.0,
                     procedural_subjects=5, procedural_clips=2, procedural_seconds=4.0),
-    # The 8 Table 3 variants and the Table 2 pairs (11 runs) x 3 seeds, sized for 45-60 min on 2
-    # cores: one seed of 800 steps took 50 min (README), so each seed is shrunk to 300 steps
-    # (about 90 s per model incl. XLA compile and evaluation; 33 models + 40 s data loading).
+    # The 8 Table 3 variants and the Table 2 pairs (11 runs) x 3 seeds, sized to stay under an hour on
+    # 2 cores: one seed of 800 steps took 50 min, so each seed is shrunk to 300 steps (measured: 21-29
+    # min for the 33 models with other work beside them, 18-52 s per model; README).
     # On Human3.6M it uses every 5th frame (10 fps) for training and testing; paper: every frame.
     'default': Config(steps=300, batch_size=128, eval_every=100, val_curve_examples=2048, seeds=(0, 1, 2),
                       h36m_frame_step=5, h36m_test_frame_step=5),
