@@ -1,8 +1,9 @@
 """Shared pytest fixtures: the shared CMU data folders, TF settings, and the main experiment's smoke runs.
 
-``metrabs_runs`` runs every ``python -m experiments.metrabs_acae --preset=smoke`` variant the tests check
-(:data:`METRABS_RUNS`) once per session, two at a time; ``metrabs_smoke_run`` is the plain one, whose
-outputs the experiment tests check and whose SavedModel the quickstart notebook and tool tests load.
+``experiment_runs`` runs every ``python -m experiments.<name> --preset=smoke`` run the tests check (the main
+experiment's :data:`METRABS_RUNS`, the others' :data:`OTHER_SMOKE_RUNS`) once per session, two at a time;
+``metrabs_smoke_run`` is the main experiment's plain one, whose outputs the experiment tests check and
+whose SavedModel the quickstart notebook and tool tests load.
 """
 import concurrent.futures
 import json
@@ -48,13 +49,19 @@ def rng():
     return np.random.default_rng(0)
 
 
-def run_metrabs_experiment(out, *extra, timeout=SMOKE_TIMEOUT_S):
-    """Runs the smoke preset into ``out`` (procedural motion); returns (CompletedProcess, seconds)."""
-    command = [sys.executable, '-m', 'experiments.metrabs_acae', '--preset=smoke', f'--out={out}',
+def run_experiment(module, out, *extra, timeout=SMOKE_TIMEOUT_S):
+    """Runs ``python -m experiments.<module> --preset=smoke`` into ``out`` (procedural motion); returns
+    (CompletedProcess, seconds)."""
+    command = [sys.executable, '-m', f'experiments.{module}', '--preset=smoke', f'--out={out}',
                '--mocap-dir=procedural', *extra]
     start = time.monotonic()
     process = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     return process, time.monotonic() - start
+
+
+def run_metrabs_experiment(out, *extra, timeout=SMOKE_TIMEOUT_S):
+    """:func:`run_experiment` of the main experiment (``metrabs_acae``)."""
+    return run_experiment('metrabs_acae', out, *extra, timeout=timeout)
 
 
 @pytest.fixture(scope='session')
@@ -73,6 +80,12 @@ METRABS_RUNS = {
     'latent_hybrid': [('--variant=latent,hybrid', '--set', 'export=False')],  # the export is tested above
     'precision': [PRECISION_FLAGS, PRECISION_FLAGS + ('--resume',)],
     'real': [()],  # flags from real_datasets_flags()
+}
+#: The other experiments' smoke runs their tests check: name -> (module, flags).
+OTHER_SMOKE_RUNS = {
+    'parallel_video': ('parallel_video', ('--seed=1',)),
+    'mixed_precision': ('mixed_precision', ()),
+    'gcn_weight_sharing': ('gcn_weight_sharing', ('--seeds=0',)),
 }
 #: Runs at a time. One run keeps about one of the two cores busy on average (tracing, tf.data and the
 #: Python around them are mostly single-threaded: the real-datasets run took 144 CPU s in 137 s), so two
@@ -113,25 +126,35 @@ def real_datasets_flags(manifest):
 
 
 @pytest.fixture(scope='session')
-def metrabs_runs(tmp_path_factory):
-    """name -> list of (out folder, CompletedProcess, wall seconds), one per entry of :data:`METRABS_RUNS`
-    (without 'real' where ../shared/data/real_samples is absent). Failures are left to the tests."""
-    root = tmp_path_factory.mktemp('metrabs_acae')
-    jobs = dict(METRABS_RUNS)
+def experiment_runs(tmp_path_factory):
+    """name -> list of (out folder, CompletedProcess, wall seconds): one entry per run of each chain in
+    :data:`METRABS_RUNS` (without 'real' where ../shared/data/real_samples is absent) and one for each of
+    :data:`OTHER_SMOKE_RUNS`, all run once per session, :data:`CONCURRENT_RUNS` at a time. Failures are left
+    to the tests."""
+    root = tmp_path_factory.mktemp('experiment_runs')
+    jobs = {name: ('metrabs_acae', chain) for name, chain in METRABS_RUNS.items()}
     if REAL_SAMPLES.is_dir():
         manifest_dir = root / 'manifest'
         manifest_dir.mkdir()
-        jobs['real'] = [real_datasets_flags(write_manifest(manifest_dir))]
+        jobs['real'] = ('metrabs_acae', [real_datasets_flags(write_manifest(manifest_dir))])
     else:
         jobs.pop('real')
+    jobs.update({name: (module, [flags]) for name, (module, flags) in OTHER_SMOKE_RUNS.items()})
 
     def chain(name):
+        module, flag_lists = jobs[name]
         out = root / name
-        return [(out, *run_metrabs_experiment(out, *flags)) for flags in jobs[name]]
+        return [(out, *run_experiment(module, out, *flags)) for flags in flag_lists]
 
     with concurrent.futures.ThreadPoolExecutor(CONCURRENT_RUNS) as pool:
         futures = {name: pool.submit(chain, name) for name in sorted(jobs, key=lambda n: n != 'real')}  # longest first
         return {name: future.result() for name, future in futures.items()}
+
+
+@pytest.fixture(scope='session')
+def metrabs_runs(experiment_runs):
+    """The main experiment's runs of :func:`experiment_runs` (the keys of :data:`METRABS_RUNS`)."""
+    return {name: runs for name, runs in experiment_runs.items() if name in METRABS_RUNS}
 
 
 @pytest.fixture(scope='session')

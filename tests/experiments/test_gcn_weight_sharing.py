@@ -2,9 +2,6 @@
 import dataclasses
 import json
 import math
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +11,6 @@ from experiments import gcn_weight_sharing as gws
 from posekit import skeletons
 from posekit.models.lifting import SHARING_VARIANTS, gcn_lifter_param_count
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
 ADJ = skeletons.get('h36m_16').adjacency()  # the paper's skeleton, the study's default
 
 
@@ -148,11 +144,8 @@ def test_mean_pose_metrics_is_the_error_of_the_training_mean():
 
 
 @pytest.mark.slow
-def test_smoke_run_end_to_end(tmp_path):
-    out = tmp_path / 'smoke'
-    command = [sys.executable, '-m', 'experiments.gcn_weight_sharing', '--preset=smoke', f'--out={out}',
-               '--mocap-dir=procedural', '--seeds=0']
-    process = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+def test_smoke_run_end_to_end(experiment_runs):
+    (out, process, _), = experiment_runs['gcn_weight_sharing']  # --preset=smoke --seeds=0 (conftest)
     assert process.returncode == 0, process.stderr[-4000:]
     record = json.loads((out / 'results.json').read_text())
     common.validate_results(record)

@@ -1,9 +1,6 @@
 """Tests of experiments.mixed_precision: one smoke run (results.json invariants) and the pure helpers."""
 import json
 import math
-import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,19 +9,14 @@ from experiments import common
 from experiments import mixed_precision as mp
 from posekit.train import tasks
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-SMOKE_TIMEOUT_S = 900
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 BREAKDOWN_PARTS = ('forward_ms', 'loss_ms', 'backward_ms', 'optimizer_ms')
 
 
 @pytest.fixture(scope='module')
-def smoke(tmp_path_factory):
-    """(out folder, results.json) of one smoke run on procedural motion."""
-    out = tmp_path_factory.mktemp('mixed_precision') / 'smoke'
-    command = [sys.executable, '-m', 'experiments.mixed_precision', '--preset=smoke', f'--out={out}',
-               '--mocap-dir=procedural']
-    process = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S)
+def smoke(experiment_runs):
+    """(out folder, results.json) of one smoke run on procedural motion (conftest)."""
+    (out, process, _), = experiment_runs['mixed_precision']
     assert process.returncode == 0, process.stderr[-4000:]
     record = json.loads((out / 'results.json').read_text())
     common.validate_results(record)

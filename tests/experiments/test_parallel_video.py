@@ -1,17 +1,12 @@
 """Tests of experiments.parallel_video: the configuration plan, and one end-to-end smoke run (results.json)."""
 import json
 import math
-import pathlib
-import subprocess
-import sys
 
 import pytest
 
 from experiments import common
 from experiments import parallel_video as pv
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-SMOKE_TIMEOUT_S = 900
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
 
@@ -46,11 +41,8 @@ def test_plan_and_overrides_reject_bad_settings():
 
 
 @pytest.fixture(scope='module')
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp('parallel_video') / 'smoke'
-    command = [sys.executable, '-m', 'experiments.parallel_video', '--preset=smoke', f'--out={out}',
-               '--mocap-dir=procedural', '--seed=1']
-    process = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=SMOKE_TIMEOUT_S)
+def smoke(experiment_runs):
+    (out, process, _), = experiment_runs['parallel_video']  # --preset=smoke --seed=1 (conftest)
     assert process.returncode == 0, process.stderr[-4000:]
     record = json.loads((out / 'results.json').read_text())
     common.validate_results(record)
