@@ -58,11 +58,11 @@ def check(saved_model_dir, paths, n_crops=16, mocap_dir=None, seed=0, batch=16):
     chunks = range(0, n_crops, batch)
     reference = np.concatenate([signature(images=tf.constant(images[i:i + batch]),
                                           intrinsics=tf.constant(k[i:i + batch]))['poses3d'].numpy() for i in chunks])
-    runners = {'onnx': convert.run_onnx}
+    runners = {'onnx': convert.OnnxRunner}
     differences = {}
     for fmt, path in paths.items():
-        run = runners.get(fmt, convert.run_tflite)
-        got = np.concatenate([run(path, images[i:i + batch], k[i:i + batch]) for i in chunks])
+        run = runners.get(fmt, convert.TFLiteRunner)(path)  # loaded once, run on every chunk
+        got = np.concatenate([run(images[i:i + batch], k[i:i + batch]) for i in chunks])
         differences[fmt] = (float(np.abs(got - reference).max()),
                             float(np.linalg.norm(got - reference, axis=-1).mean()))
     return differences
