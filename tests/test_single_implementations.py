@@ -62,8 +62,8 @@ def test_one_field_of_view_formula():
 
 def test_one_left_right_rule():
     assert matches(r'^def joint_sides\(', 'posekit', 'tools') == {'posekit/skeletons.py': 1,
-                                                                   'tools/acae_report.py': 1}
-    assert 'skeletons.joint_sides(' in (REPO / 'tools/acae_report.py').read_text()
+                                                                   'posekit/eval/acae_analysis.py': 1}
+    assert 'skeletons.joint_sides(' in (REPO / 'posekit/eval/acae_analysis.py').read_text()
     assert 'skeletons.joint_sides(' in (REPO / 'tools/demo.py').read_text()
 
 

@@ -11,8 +11,9 @@ For each backbone (``name:crop_size``; random weights: speed does not depend on 
 float32, TFLite float16 weights, ONNX). It then times, interleaved in rounds (every case once per round,
 ``--calls`` calls each, so machine-load changes hit all cases alike; median over rounds):
 
-- ``estimate_poses`` of each SavedModel on one 480x640 image with 1, 8, 32 boxes (``--people``) and
-  ``--num-aug`` test-time augmentations (warping + network + back-transformation);
+- ``estimate_poses`` of each SavedModel on one 480x640 image with 1, 8, 32 boxes (``--people``),
+  ``--num-aug`` test-time augmentations and ``--internal-batch-size`` chunk sizes (warping + network +
+  back-transformation);
 - the raw crop model (``crop_model`` signature, TFLite, ONNX Runtime) on batches of the same numbers of
   crops.
 
@@ -41,6 +42,9 @@ def define_flags(fv):
                       '(posekit.models.backbones; paper-size: efficientnetv2-s:256)', flag_values=fv)
     flags.DEFINE_list('people', ['1', '8', '32'], 'people (boxes) per image', flag_values=fv)
     flags.DEFINE_list('num-aug', ['1', '5'], 'test-time augmentations of estimate_poses', flag_values=fv)
+    flags.DEFINE_list('internal-batch-size', ['64', '8', '0'],
+                      'internal_batch_size values of estimate_poses (crops per network call, 0 = all in one); '
+                      'every value is timed on the float32 export, the first also on mixed_bfloat16', flag_values=fv)
     flags.DEFINE_list('converted', ['tflite_float32', 'tflite_float16', 'onnx'],
                       'converted crop models to time (posekit.convert.FORMATS)', flag_values=fv)
     flags.DEFINE_boolean('bfloat16', True, 'also time a mixed_bfloat16 export', flag_values=fv)
@@ -50,13 +54,14 @@ def define_flags(fv):
     flags.DEFINE_string('work-dir', None, 'where the exports go (default: a temporary directory)', flag_values=fv)
 
 
-def _ints(values, name):
+def _ints(values, name, minimum=1):
+    kind = 'positive' if minimum == 1 else 'non-negative'
     try:
         out = [int(v) for v in values]
     except ValueError:
-        raise _cli.UsageError(f'--{name} must be comma-separated positive ints, got {values}') from None
-    if not out or any(v < 1 for v in out):
-        raise _cli.UsageError(f'--{name} must be comma-separated positive ints, got {values}')
+        raise _cli.UsageError(f'--{name} must be comma-separated {kind} ints, got {values}') from None
+    if not out or any(v < minimum for v in out):
+        raise _cli.UsageError(f'--{name} must be comma-separated {kind} ints, got {values}')
     return out
 
 
@@ -116,11 +121,15 @@ def make_cases(name, crop_size, args, work_dir):
         print(f'{name}: exported {policy} in {time.perf_counter() - t0:.0f} s', file=sys.stderr, flush=True)
         saved[policy] = path
         loaded = tf.saved_model.load(path)
+        chunks = args.internal_batch_size if policy == 'float32' else args.internal_batch_size[:1]
         for people in args.people:
             boxes = tf.constant(boxes_for(people, rng))
             for num_aug in args.num_aug:
-                fn = (lambda m=loaded, b=boxes, a=num_aug: m.estimate_poses(image, b, num_aug=a)['poses3d'].numpy())
-                cases.append((f'SavedModel {policy} estimate_poses num_aug={num_aug}', people, people * num_aug, fn))
+                for chunk in chunks:
+                    fn = (lambda m=loaded, b=boxes, a=num_aug, c=chunk:
+                          m.estimate_poses(image, b, num_aug=a, internal_batch_size=c)['poses3d'].numpy())
+                    cases.append((f'SavedModel {policy} estimate_poses num_aug={num_aug} internal_batch_size={chunk}',
+                                  people, people * num_aug, fn))
     loaded = tf.saved_model.load(saved['float32'])
     signature = loaded.signatures['crop_model']
     crops = {p: rng.uniform(0, 1, (p, crop_size, crop_size, 3)).astype(np.float32) for p in args.people}
@@ -168,6 +177,7 @@ def main(argv=None):
     args, _ = _cli.parse(define_flags, argv, 'benchmark_inference')
     args.people = _ints(args.people, 'people')
     args.num_aug = _ints(args.num_aug, 'num-aug')
+    args.internal_batch_size = _ints(args.internal_batch_size, 'internal-batch-size', minimum=0)
     backbones = _backbones(args.backbones)
     from posekit import convert
     unknown = [f for f in args.converted if f not in convert.FORMATS]

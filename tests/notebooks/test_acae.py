@@ -5,7 +5,8 @@ import re
 def test_acae_notebook_runs_the_grid_and_shows_the_table_and_plots(execute_notebook):
     nb = execute_notebook('acae.ipynb', POSEKIT_NOTEBOOK_QUICK=1)
     text = nb.text
-    assert 'quick mode: True | motion: procedural' in text
+    assert nb.installed_posekit_here()  # by the first cell, in the fresh virtualenv
+    assert 'quick mode: True | motion: procedural' in text and 'GPU: none (CPU)' in text
     # One table row per (L, l1): "L l1 MPJPE ratio negmass sparsity support".
     rows = re.findall(r'^\s*(16|32|48)\s+(0|0\.1|1)\s+(\d+\.\d+)\s+(\d\.\d+)\s', text, re.M)
     assert {(n, l1) for n, l1, *_ in rows} == {(n, l1) for n in ('16', '32', '48')

@@ -5,6 +5,7 @@ import pathlib
 def test_datasets_notebook_runs_and_shows_examples(execute_notebook, tmp_path):
     nb = execute_notebook('datasets.ipynb', TMPDIR=tmp_path)  # the notebook writes its shards to a temp folder
     text = nb.text
+    assert nb.installed_posekit_here()  # by the first cell, in the fresh virtualenv
     for name in ('h36m_like', 'mpi_like', 'smpl_like', 'coco_like'):
         assert name in text
     assert 'h36m_17          smpl_24' in text  # the disagreement table

@@ -5,7 +5,8 @@ import re
 def test_gcn_notebook_trains_a_lifter_that_beats_the_mean_pose_and_plots_it(execute_notebook):
     nb = execute_notebook('gcn_lifting.ipynb', POSEKIT_NOTEBOOK_QUICK=1)
     text = nb.text
-    assert 'quick mode: True | motion: procedural' in text
+    assert nb.installed_posekit_here()  # by the first cell, in the fresh virtualenv
+    assert 'quick mode: True | motion: procedural' in text and 'GPU: none (CPU)' in text
     # The parameter table lists the 8 variants; pre_agg_dec is 2 x 17 times full_dec's hidden layers.
     counts = dict(re.findall(r'^(\w+)\s+([\d.]+) M parameters', text, re.M))
     assert len(counts) == 8 and float(counts['pre_agg_dec']) > 10 * float(counts['full_dec'])

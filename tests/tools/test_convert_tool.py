@@ -21,6 +21,8 @@ def test_convert_reports_a_missing_saved_model_in_one_line(tmp_path, capsys):
 def test_benchmark_inference_rejects_bad_lists():
     with pytest.raises(_cli.UsageError, match='--people must be comma-separated positive ints'):
         benchmark_inference.main(['--people', '0'])
+    with pytest.raises(_cli.UsageError, match='--internal-batch-size must be comma-separated non-negative ints'):
+        benchmark_inference.main(['--internal-batch-size', '8,-1'])
     with pytest.raises(_cli.UsageError, match="--backbones entries must be name:crop_size"):
         benchmark_inference.main(['--backbones', 'mobile_small'])
     with pytest.raises(_cli.UsageError, match='--converted must be a subset of'):
