@@ -337,6 +337,37 @@ class PipelinedNetwork(keras.Model):
             return None
         return channels - self.pipeline_units[-1].output_channels, channels
 
+    def fill_steps(self):
+        """Steps from zero states until the output is computed from frames alone (the pipeline-filling transient).
+
+        A unit's output is *filled* once it has executed with filled inputs (the frame is filled; a parallel link
+        gives the source's output of the previous step, a sequential one its output of this step); a temporal
+        unit also needs its previous inputs filled, i.e. two such executions. Without clocks this is the
+        latency; with clocks a slow unit's execution at t = 0 reads its parallel inputs' zero states, so its
+        output stays unfilled until it runs again (Par-DenseNet with 4 subnetworks and block rates 2-16: 16
+        steps). The fed-back heatmaps and units' own state (a causal 3D convolution's history) are not tracked:
+        for networks with them this is a lower bound. Returns the first step t whose output is filled.
+        """
+        n = len(self.pipeline_units)
+        filled = [False] * n  # outputs held in the state (after the previous step)
+        previous = [None] * n  # temporal units: whether the inputs of their last execution were filled
+        limit = (self.latency + 2) * 2 * self.max_rate + 2 * n
+        for t in range(limit):
+            current = []
+            for i, unit in enumerate(self.pipeline_units):
+                ins = [True if j == FRAME_SOURCE else (filled[j] if self._is_parallel(j, i) else current[j])
+                       for j in self.sources[i]]
+                if t % self.rates[i] == 0:
+                    out = all(ins) and (not unit.temporal or bool(previous[i]) and all(previous[i]))
+                    previous[i] = ins
+                else:
+                    out = filled[i]
+                current.append(out)
+            filled = current
+            if filled[-1]:
+                return t
+        raise RuntimeError(f'the output is still not filled after {limit} steps (rates {self.rates})')
+
     @property
     def max_rate(self):
         return max(self.rates)

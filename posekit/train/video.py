@@ -170,17 +170,23 @@ def supervised_slices(n_steps, latency, first_supervised_step=0):
 
 
 def make_bptt_loss(latency, first_supervised_step=0, positive_weight=losses_video.DEFAULT_POSITIVE_WEIGHT,
-                   teacher=None, distill_units=(), distill_weight=1.0):
+                   teacher=None, distill_units=(), distill_weight=1.0, burn_in=0):
     """loss_fn(model, batch, step, training) -> (loss, metrics) for :func:`posekit.train.loop.train`.
 
     The model (a ``PipelinedNetwork`` of the given ``latency``) is stepped through ``batch['frames']``
     (B, N, H, W, 3) from zero states; loss = weighted sigmoid cross-entropy of the outputs at steps
-    t >= max(latency, first_supervised_step) against ``batch['heatmaps']`` of frame t - latency (mean over
-    elements), plus, with a ``teacher``, ``distill_weight`` x the distillation term over ``distill_units``
-    (see :func:`distillation_term`). Metrics: ``task_loss`` and ``distill_loss``.
+    t >= max(latency, first_supervised_step, burn_in) against ``batch['heatmaps']`` of frame t - latency (mean
+    over elements), plus, with a ``teacher``, ``distill_weight`` x the distillation term over ``distill_units``
+    (see :func:`distillation_term`) over the same steps. Metrics: ``task_loss`` and ``distill_loss``.
+
+    ``burn_in``: the first ``burn_in`` frames only advance the states, without gradients (their states enter the
+    rest of the clip as constants): use ``PipelinedNetwork.fill_steps()`` to train past the pipeline-filling
+    transient without back-propagating through it.
     """
     if isinstance(latency, bool) or not isinstance(latency, int) or latency < 0:
         raise ValueError(f'latency must be an int >= 0; received latency={latency!r}')
+    if isinstance(burn_in, bool) or not isinstance(burn_in, int) or burn_in < 0:
+        raise ValueError(f'burn_in must be an int >= 0; received burn_in={burn_in!r}')
     if teacher is not None and not distill_units:
         raise ValueError(f'distill_units must name the matched units when a teacher is given; received '
                          f'distill_units={distill_units!r}')
@@ -191,16 +197,21 @@ def make_bptt_loss(latency, first_supervised_step=0, positive_weight=losses_vide
     def loss_fn(model, batch, step, training):
         frames, targets = batch['frames'], batch['heatmaps']
         n_steps = int(frames.shape[1])
-        s0, f0 = supervised_slices(n_steps, latency, first_supervised_step)
+        s0, f0 = supervised_slices(n_steps, latency, max(first_supervised_step, burn_in))
         capture = distill_units if teacher is not None else ()
-        out = scan_unroll(model, frames, training=training, capture=capture)
-        logits = tf.cast(out['heatmaps'], tf.float32)
-        task = losses_video.heatmap_loss(logits[:, s0:], targets[:, f0:n_steps - latency], positive_weight)
+        states = None
+        if burn_in:
+            warm = scan_unroll(model, frames[:, :burn_in], training=training)['states']
+            states = {k: tf.stop_gradient(v) for k, v in warm.items()}
+        out = scan_unroll(model, frames[:, burn_in:], states=states, training=training, capture=capture)
+        logits = tf.cast(out['heatmaps'], tf.float32)  # steps burn_in .. n_steps - 1
+        task = losses_video.heatmap_loss(logits[:, s0 - burn_in:], targets[:, f0:n_steps - latency], positive_weight)
         metrics = {'task_loss': task}
         loss = task
         if teacher is not None:
             check_teacher(teacher, model)
-            distill = distillation_term(model, teacher, frames, out['activations'], distill_units, distill_weight)
+            distill = distillation_term(model, teacher, frames, out['activations'], distill_units, distill_weight,
+                                        first_step=burn_in)
             metrics['distill_loss'] = distill
             loss = loss + distill
         return loss, metrics

@@ -58,6 +58,45 @@ def test_bptt_loss_is_the_latency_aligned_weighted_cross_entropy_and_reaches_the
     np.testing.assert_allclose(float(later), float(losses_video.heatmap_loss(logits[:, 4:], targets[:, 1:2])), rtol=1e-5)
 
 
+@pytest.mark.parametrize('kwargs', [dict(num_subnets=2), dict(num_subnets=5, clocks=True),
+                                    dict(num_subnets=3, clocks=True, temporal_filters=True)],
+                         ids=['2_subnets', '5_subnets_clocks', '3_subnets_clocks_temporal'])
+def test_fill_steps_is_the_first_output_independent_of_the_initial_states(kwargs):
+    network = tiny(**kwargs)
+    fill = network.fill_steps()
+    if not kwargs.get('clocks') and not kwargs.get('temporal_filters'):
+        assert fill == network.latency
+    frames = clip(batch=1, steps=fill + 3)
+    zeros = network.init_states(1, SIZE, SIZE)
+    noise = {k: v if k == 't' else tf.random.stateless_normal(tf.shape(v), seed=[7, i])
+             for i, (k, v) in enumerate(zeros.items())}
+    a = network.unroll(frames, states=zeros)['heatmaps'].numpy()
+    b = network.unroll(frames, states=noise)['heatmaps'].numpy()
+    change = np.abs(a - b).reshape(a.shape[0], a.shape[1], -1).max(axis=(0, 2))  # per step
+    assert change[fill - 1] > 0  # the last step of the transient still depends on the initial states
+    assert np.all(change[fill:] == 0)  # from fill_steps on the output is the frames' alone, bit for bit
+
+
+def test_burn_in_gives_the_same_loss_without_gradients_through_the_burn_in_frames():
+    network = tiny(num_subnets=3, clocks=True)
+    frames = clip(steps=7)
+    targets = tf.random.stateless_uniform((2, 7, SIZE // 4, SIZE // 4, 17), seed=[4, 5])
+    batch = {'frames': frames, 'heatmaps': targets}
+    losses_and_grads = []
+    for loss_fn in (tv.make_bptt_loss(2, first_supervised_step=4), tv.make_bptt_loss(2, burn_in=4)):
+        with tf.GradientTape() as tape:
+            tape.watch(frames)
+            loss, _ = loss_fn(network, batch, 0, False)
+        losses_and_grads.append((float(loss), tape.gradient(loss, frames).numpy()))
+    (plain, plain_grad), (burnt, burnt_grad) = losses_and_grads
+    np.testing.assert_allclose(burnt, plain, rtol=1e-5)  # the same outputs are supervised against the same frames
+    assert np.abs(plain_grad[:, :4]).max() > 0  # through time, the supervised outputs depend on earlier frames...
+    assert np.abs(burnt_grad[:, :4]).max() == 0  # ...but the burn-in frames get no gradient
+    np.testing.assert_allclose(burnt_grad[:, 4:], plain_grad[:, 4:], atol=1e-6 + 1e-4 * np.abs(plain_grad).max())
+    with pytest.raises(ValueError, match='burn_in must be an int >= 0'):
+        tv.make_bptt_loss(2, burn_in=-1)
+
+
 def test_distillation_schedule_follows_clocks_and_delays():
     network = tiny(num_subnets=5, clocks=True)  # one unit per subnetwork: delays 0, 1, 2, 3, 4
     assert network.unit_latencies()[:5] == [0, 1, 2, 3, 4] and network.rates[:5] == [1, 2, 4, 8, 16]
