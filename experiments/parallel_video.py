@@ -378,20 +378,29 @@ def markdown_report(records: List[dict], context: dict) -> str:
     lines += ['## Checks', '']
     lines += [check.markdown() for check in context['checks']]
     lines += ['', '## Notes', '']
-    lines += [f'- {note}' for note in NOTES]
+    lines += [f'- {depth_parallelism_note(rows)}'] + [f'- {note}' for note in NOTES]
     return '\n'.join(lines) + '\n'
 
 
+def depth_parallelism_note(rows: List[dict]) -> str:
+    """What the measured speeds of the unclocked parallel models say about depth parallelism on this machine."""
+    text = ('Depth parallelism: the k subnetworks of a parallel model only need the previous step\'s outputs of the '
+            'other subnetworks, so with one processor (or device) per subnetwork they run concurrently and the time '
+            'per frame is set by the *sequential depth per frame* (the longest chain of convolutions computed within '
+            'one step, the column above). Without clocks a parallel model does the same FLOPs per frame as the '
+            'sequential one, so its measured speed-up shows how much of that concurrency this machine '
+            f'({os.cpu_count()} CPU cores; TensorFlow runs independent ops of one step at the same time) realises: ')
+    parallel = [r for r in rows if r['subnets'] > 1 and not (r['clocks'] or r['temporal'] or r['feedback'] or
+                                                             r['distilled']) and r.get('speedup_vs_sequential_no_clocks')]
+    if not parallel:
+        return text + 'no unclocked parallel model was timed.'
+    return (text + ', '.join(f"{r['model']} {r['speedup_vs_sequential_no_clocks']:.2f}x (sequential depth "
+                             f"{r['sequential_depth_per_frame']})" for r in parallel)
+            + '. Clocks instead skip units (executions counted inside the compiled step, first check). The latency in '
+            'frames grows with the number of subnetworks (the output predicts frame t - latency).')
+
+
 NOTES = (
-    'Depth parallelism on 2 cores: the k subnetworks of a parallel model only need the previous step\'s outputs '
-    'of the other subnetworks, so on hardware with one processor (or device) per subnetwork they would run '
-    'concurrently and the time per frame would be set by the *sequential depth per frame* (the longest chain of '
-    'convolutions computed within one step, the column above: 55 for the sequential Par-DenseNet, a few '
-    'convolutions with 14 subnetworks). On this 2-core CPU the subnetworks cannot run concurrently in any useful '
-    'way (TensorFlow already spreads each convolution over both cores), so the parallel models without clocks do '
-    'the same FLOPs per frame as the sequential one and measure about the same speed; the throughput gains we can '
-    'show come only from the clocks, which skip units (verified by counting executions inside the compiled step). '
-    'The latency in frames grows with the number of subnetworks (the output predicts frame t - latency).',
     'The clock gain in FLOPs is smaller than the miniblock count suggests (416/86 = 4.8x for the paper\'s '
     'Par-DenseNet): block 1\'s miniblocks are the most expensive and already run at half rate, and the stem and '
     'the head run every frame.',

@@ -90,3 +90,12 @@ def test_smoke_writes_a_record_per_configuration_with_exact_counts(smoke):
     beat = [r for r in models if r['test_loss'] < baselines[0]['test_loss']]
     baseline_check = [c for name, c in checks.items() if 'beats the constant mean-heatmap' in name]
     assert len(baseline_check) == 1 and baseline_check[0]['holds'] == (len(beat) == len(models))
+    # Trained past the pipeline-filling transient: fill_steps is the latency without clocks and more with them;
+    # the burn-in is the rest of the transient, and every model is scored from the largest fill on.
+    for r in models:
+        assert r['burn_in'] == r['fill_steps'] - r['latency'] >= 0
+        assert (r['fill_steps'] > r['latency']) == (r['clocks'] and r['subnets'] > 1), r['model']
+        assert r['eval_warmup'] == max(m['fill_steps'] for m in models)
+    clocked_ratio = by[(4, True, False)]['test_loss'] / by[(1, True, False)]['test_loss']
+    clocked_check = [c for name, c in checks.items() if 'clocked model with 4 subnetworks' in name]
+    assert len(clocked_check) == 1 and clocked_check[0]['holds'] == (clocked_ratio <= pv.CLOCKED_PARALLEL_LOSS_RATIO)

@@ -2,8 +2,8 @@
 import re
 
 
-def test_acae_notebook_runs_the_grid_and_shows_the_table_and_plots(execute_notebook):
-    nb = execute_notebook('acae.ipynb', POSEKIT_NOTEBOOK_QUICK=1)
+def test_acae_notebook_runs_the_grid_and_shows_the_table_and_plots(executed):
+    nb = executed('acae.ipynb')  # quick mode
     text = nb.text
     assert nb.installed_posekit_here()  # by the first cell, in the fresh virtualenv
     assert 'quick mode: True | motion: procedural' in text and 'GPU: none (CPU)' in text

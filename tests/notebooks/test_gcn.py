@@ -2,8 +2,8 @@
 import re
 
 
-def test_gcn_notebook_trains_a_lifter_that_beats_the_mean_pose_and_plots_it(execute_notebook):
-    nb = execute_notebook('gcn_lifting.ipynb', POSEKIT_NOTEBOOK_QUICK=1)
+def test_gcn_notebook_trains_a_lifter_that_beats_the_mean_pose_and_plots_it(executed):
+    nb = executed('gcn_lifting.ipynb')  # quick mode
     text = nb.text
     assert nb.installed_posekit_here()  # by the first cell, in the fresh virtualenv
     assert 'quick mode: True | motion: procedural' in text and 'GPU: none (CPU)' in text
