@@ -212,7 +212,6 @@ def mean_train_heatmap_logits(train_clips, config: Config, stride: int):
     """Logits (h, w, K) of the mean training heatmap (accumulated in chunks): the constant baseline."""
     from posekit.data import video
     from posekit.eval import video as eval_video
-    from posekit.train import video as train_video
     fn = video.make_example_fn(train_clips, stride, config.heatmap_sigma)
     n = len(train_clips['frames'])
     total, count = 0.0, 0
@@ -250,7 +249,6 @@ def train_network(network, config: Config, spec: RunSpec, train_clips, seed: int
     import keras
     from posekit.data import video
     from posekit.train import loop
-    from posekit.eval import video as eval_video
     from posekit.train import video as train_video
     latency, fill = network.latency, network.fill_steps()
     loss_fn = train_video.make_bptt_loss(latency, first_supervised_step=fill, burn_in=burn_in_frames(network),
@@ -473,7 +471,6 @@ def _run_experiment(config: Config, out: str, seed: int, preset: str, mocap_dir,
                     strategy=None):
     import keras
     import tensorflow as tf
-    from posekit.data import video
     from posekit.train import precision as precision_lib
     from posekit.eval import video as eval_video
     from posekit.train import video as train_video

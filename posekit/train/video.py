@@ -17,7 +17,6 @@ t' <= t) from frame t' - d, where d is the unit's pipeline delay (``unit_latenci
 teacher's activation for that frame, once per execution. The student starts from the teacher's weights
 (:func:`init_from_teacher`), which is possible because both have the same units.
 """
-import numpy as np
 import tensorflow as tf
 
 from posekit.layers import pipeline
