@@ -1,8 +1,8 @@
 """``executed_notebooks``: every notebook of ``experiments/notebooks`` run as a new user would, in a fresh virtualenv.
 
 Each notebook gets a new virtualenv without posekit, a kernel running that virtualenv's python, and a working
-directory outside the clone; its first cell must install posekit (from ``POSEKIT_SOURCE``, here the clone, as a
-user would give a git URL in Colab). So that nothing is downloaded, the virtualenv sees the test environment's
+directory outside the clone; its first cell must install posekit (from ``POSEKIT_SOURCE``, here a copy of the
+clone's package source, as a user would give a git URL in Colab). So that nothing is downloaded, the virtualenv sees the test environment's
 site-packages folder as a plain path (TensorFlow, matplotlib, ipykernel...): a plain path's ``.pth`` files are
 not run, so the test environment's editable posekit install stays invisible and ``import posekit`` fails until
 the first cell has installed it. The notebooks run once per session, :data:`CONCURRENT_NOTEBOOKS` at a time
@@ -14,6 +14,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import site
 import subprocess
 import venv
@@ -102,7 +103,12 @@ def execute_in_fresh_virtualenv(name: str, folder: pathlib.Path, env: Dict[str, 
     workdir.mkdir()
     tmp.mkdir()
     kernel_env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'VIRTUAL_ENV')}
-    kernel_env.update({'POSEKIT_SOURCE': str(REPO), 'PIP_DISABLE_PIP_VERSION_CHECK': '1', 'TMPDIR': str(tmp),
+    # Its own copy of the package source (pip builds in the source tree: two notebooks installing from one tree
+    # at once would race on its build folder).
+    source = folder / 'source'
+    shutil.copytree(REPO / 'posekit', source / 'posekit', ignore=shutil.ignore_patterns('__pycache__'))
+    shutil.copy2(REPO / 'setup.py', source / 'setup.py')
+    kernel_env.update({'POSEKIT_SOURCE': str(source), 'PIP_DISABLE_PIP_VERSION_CHECK': '1', 'TMPDIR': str(tmp),
                        'MPLBACKEND': 'module://matplotlib_inline.backend_inline', **env})
     specs = jupyter_client.kernelspec.KernelSpecManager(kernel_dirs=[str(kernels)])
     manager = jupyter_client.manager.KernelManager(kernel_name=KERNEL_NAME, kernel_spec_manager=specs)
