@@ -486,12 +486,11 @@ def _run_experiment(config: Config, out: str, seed: int, preset: str, mocap_dir,
     policy = precision_lib.resolve_policy(config.precision)
     with precision_lib.policy_scope(policy):
         probes = {s.name: build_network(config, s) for s in specs}
-    latencies = {name: n.latency for name, n in probes.items()}
-    fills = {name: n.fill_steps() for name, n in probes.items()}  # >= latency; larger with clocks
-    max_fill = max(fills.values())
+    max_latency = max(n.latency for n in probes.values())
+    max_fill = max(n.fill_steps() for n in probes.values())  # >= every latency; larger with clocks
     eval_warmup = max_fill if config.eval_warmup < 0 else config.eval_warmup
     train_length = max_fill + config.train_frames
-    test_length = max(eval_warmup, max(latencies.values())) + config.eval_frames
+    test_length = max(eval_warmup, max_latency) + config.eval_frames
     train_clips, test_clips = prepare_data(config, seed, mocap_dir, test_mocap_dir, train_length, test_length,
                                            os.path.join(out, 'data'), log)
     log(f'data: {len(train_clips["frames"])} train clips x {train_length} frames, {len(test_clips["frames"])} test '
